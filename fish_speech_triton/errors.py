@@ -1,0 +1,13 @@
+"""Errors that reach a user: each carries a message that says what is wrong and what to do."""
+
+
+class FishSpeechError(Exception):
+    """Base of every error the project reports to a user (tools print it as one line, Triton returns it)."""
+
+
+class CheckpointError(FishSpeechError):
+    """A checkpoint is missing, unreadable, or does not match the architecture."""
+
+
+class InputError(FishSpeechError):
+    """A request or a command-line input is invalid (bad audio, bad codes, empty text, out-of-range values)."""

@@ -1,0 +1,53 @@
+"""Finding checkpoint files: a local path, or a Hugging Face repository id downloaded with huggingface_hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fish_speech_triton.errors import CheckpointError
+
+DEFAULT_REPO_ID = "fishaudio/fish-speech-1.5"
+LM_FILES = ("config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json")
+CODEC_FILE = "firefly-gan-vq-fsq-8x1024-21hz-generator.pth"
+
+
+def _looks_like_repo_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~"))
+
+
+def resolve_checkpoint(path_or_repo: str | Path, files: tuple[str, ...] = LM_FILES) -> Path:
+    """Return a local directory (or file) for `path_or_repo`.
+
+    An existing local path is returned as is. A string shaped like `owner/name` that is not a local path
+    is treated as a Hugging Face repository id: the listed files are downloaded with huggingface_hub
+    (cached as usual) and the snapshot directory is returned. Offline, the error says what to fetch.
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_repo)
+    if not _looks_like_repo_id(text):
+        raise CheckpointError(f"checkpoint not found: {text}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=text, allow_patterns=list(files)))
+    except Exception as exc:  # network errors, missing repo, offline mode: all mean the same to the user
+        wanted = ", ".join(files)
+        raise CheckpointError(
+            f"{text!r} is not a local path and could not be downloaded from Hugging Face ({exc.__class__.__name__}). "
+            f"Download the files {wanted} of https://huggingface.co/{text} (for example "
+            f"`huggingface-cli download {text} --local-dir checkpoints/{text.split('/')[-1]}`) "
+            f"and pass that directory."
+        ) from exc
+
+
+def resolve_codec_checkpoint(path_or_repo: str | Path) -> Path:
+    """The codec generator file: a local `.pth`, a local directory holding it, or a repository id."""
+    path = resolve_checkpoint(path_or_repo, files=(CODEC_FILE,))
+    if path.is_dir():
+        path = path / CODEC_FILE
+        if not path.exists():
+            raise CheckpointError(f"{CODEC_FILE} not found in {path.parent}")
+    return path

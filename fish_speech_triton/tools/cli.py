@@ -1,0 +1,28 @@
+"""What every command-line entry point shares: one clear error line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from fish_speech_triton.errors import FishSpeechError
+
+EXIT_USER_ERROR = 2
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `main`, turning expected failures into `error: <message>` on stderr and exit code 2.
+
+    Set FISH_SPEECH_TRITON_DEBUG=1 to get the full traceback instead.
+    """
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FishSpeechError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        if os.environ.get("FISH_SPEECH_TRITON_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
