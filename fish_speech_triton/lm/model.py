@@ -1,0 +1,291 @@
+"""The DualAR transformer (spec §2) with a slot-based KV cache for batched serving.
+
+The slow transformer runs over token frames `[1 + num_codebooks, T]`; its KV cache has `num_slots` rows,
+one per sequence being generated, so a batch of sequences at different positions decodes in one call.
+The fast transformer produces the codebooks of one frame, one position at a time, for a batch of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fish_speech_triton.lm.config import DualARConfig
+
+KVUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_table(num_positions: int, head_dim: int, base: float, device: torch.device | None = None) -> Tensor:
+    """`[num_positions, head_dim // 2, 2]` of (cos, sin), rounded to bfloat16 as the model was trained."""
+    exponents = torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim
+    freqs = 1.0 / (base**exponents)
+    angles = torch.outer(torch.arange(num_positions, device=device), freqs)
+    rotations = torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([rotations.real, rotations.imag], dim=-1).to(torch.bfloat16)
+
+
+def apply_rope(x: Tensor, table: Tensor) -> Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of `x [B, T, H, D]` by `table [B, T, D/2, 2]`, in float32."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos_sin = table.float().unsqueeze(2)
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+    rotated = torch.stack(
+        [pairs[..., 0] * cos - pairs[..., 1] * sin, pairs[..., 1] * cos + pairs[..., 0] * sin], dim=-1
+    )
+    return rotated.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int, n_local_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.n_local_heads = n_local_heads
+        self.head_dim = dim // n_head
+        self.wqkv = nn.Linear(dim, (n_head + 2 * n_local_heads) * self.head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(n_head * self.head_dim, dim, bias=False)
+
+    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, mask: Tensor | None) -> Tensor:
+        batch, length, _ = x.shape
+        kv_size = self.n_local_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(batch, length, self.n_head, self.head_dim), rope)
+        k = apply_rope(k.view(batch, length, self.n_local_heads, self.head_dim), rope)
+        v = v.view(batch, length, self.n_local_heads, self.head_dim)
+        keys, values = kv_update(k, v)
+        repeats = self.n_head // self.n_local_heads
+        keys = keys.repeat_interleave(repeats, dim=1)
+        values = values.repeat_interleave(repeats, dim=1)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+        return self.wo(y.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(
+        self, dim: int, n_head: int, n_local_heads: int, hidden: int, qkv_bias: bool, eps: float
+    ) -> None:
+        super().__init__()
+        self.attention = Attention(dim, n_head, n_local_heads, qkv_bias)
+        self.feed_forward = FeedForward(dim, hidden)
+        self.attention_norm = RMSNorm(dim, eps)
+        self.ffn_norm = RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, mask: Tensor | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, kv_update, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class SlotKVCache:
+    """Keys and values of one slow layer: `[num_slots, n_local_heads, max_seq_len, head_dim]` each."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> None:
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(
+        self, k: Tensor, v: Tensor, *, slots: Tensor, input_pos: Tensor, kv_len: int
+    ) -> tuple[Tensor, Tensor]:
+        """Write `k, v [B, T, H, D]` at rows `slots [B]`, columns `input_pos [B, T]`; return `[B, H, kv_len, D]`."""
+        rows = slots[:, None]
+        self.k[rows, :, input_pos] = k.to(self.k.dtype)
+        self.v[rows, :, input_pos] = v.to(self.v.dtype)
+        return self.k[slots, :, :kv_len], self.v[slots, :, :kv_len]
+
+
+class FastKVCache:
+    """Keys and values of one fast layer for up to `max_batch` rows: `[max_batch, H, num_codebooks, D]`."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> None:
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, k: Tensor, v: Tensor, *, pos: int) -> tuple[Tensor, Tensor]:
+        """Write `k, v [B, 1, H, D]` at position `pos`; return positions `0..pos` (earlier ones from this frame)."""
+        batch = k.shape[0]
+        self.k[:batch, :, pos] = k[:, 0].to(self.k.dtype)
+        self.v[:batch, :, pos] = v[:, 0].to(self.v.dtype)
+        return self.k[:batch, :, : pos + 1], self.v[:batch, :, : pos + 1]
+
+
+class DualARTransformer(nn.Module):
+    """Slow transformer over frames + fast transformer over the codebooks of a frame (spec §2).
+
+    Call `setup_caches` before `forward_slow` / `forward_fast`; call it again after moving the model.
+    """
+
+    def __init__(self, config: DualARConfig, semantic_begin_id: int, semantic_end_id: int) -> None:
+        super().__init__()
+        self.config = config
+        self.semantic_begin_id = semantic_begin_id
+        self.semantic_end_id = semantic_end_id
+        c = config
+        self.embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.codebook_embeddings = nn.Embedding(c.codebook_size * c.num_codebooks, c.dim)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                c.dim, c.n_head, c.n_local_heads, c.intermediate_size, c.attention_qkv_bias, c.norm_eps
+            )
+            for _ in range(c.n_layer)
+        )
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.output = None if c.tie_word_embeddings else nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.fast_project_in = nn.Linear(c.dim, c.fast_dim) if c.fast_dim != c.dim else nn.Identity()
+        self.fast_embeddings = nn.Embedding(c.codebook_size, c.fast_dim)
+        self.fast_layers = nn.ModuleList(
+            TransformerBlock(
+                c.fast_dim,
+                c.fast_n_head,
+                c.fast_n_local_heads,
+                c.fast_intermediate_size,
+                c.fast_attention_qkv_bias,
+                c.norm_eps,
+            )
+            for _ in range(c.n_fast_layer)
+        )
+        self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
+        self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
+        self._slow_caches: list[SlotKVCache] = []
+        self._fast_caches: list[FastKVCache] = []
+        self._slow_rope: Tensor | None = None
+        self._fast_rope: Tensor | None = None
+        self.num_slots = 0
+        self.cache_seq_len = 0
+
+    # ------------------------------------------------------------------ caches
+
+    def setup_caches(
+        self,
+        num_slots: int,
+        max_seq_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate `num_slots` KV-cache rows of `max_seq_len` positions (default: the config's) and RoPE tables.
+
+        The fast cache holds up to `num_slots` rows, so a decode batch can be as large as the number of slots.
+        """
+        c = self.config
+        max_seq_len = max_seq_len or c.max_seq_len
+        if not 0 < max_seq_len <= c.max_seq_len:
+            raise ValueError(f"max_seq_len must be in 1..{c.max_seq_len}, got {max_seq_len}")
+        if num_slots <= 0:
+            raise ValueError(f"num_slots must be positive, got {num_slots}")
+        weight = self.embeddings.weight
+        dtype = dtype or weight.dtype
+        device = torch.device(device) if device is not None else weight.device
+        slow_shape = (num_slots, c.n_local_heads, max_seq_len, c.head_dim)
+        fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
+        self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in self.layers]
+        self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
+        self._slow_rope = rope_table(c.max_seq_len, c.head_dim, c.rope_base, device)
+        self._fast_rope = rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base, device)
+        self.num_slots = num_slots
+        self.cache_seq_len = max_seq_len
+
+    def export_prefix(self, slot: int, length: int) -> list[Tensor]:
+        """Copies of the slow keys/values of `slot` at positions `0..length-1`: [k0, v0, k1, v1, ...]."""
+        self._require_caches()
+        return [t[slot, :, :length].clone() for cache in self._slow_caches for t in (cache.k, cache.v)]
+
+    def import_prefix(self, slot: int, tensors: list[Tensor]) -> None:
+        """Write tensors from `export_prefix` into `slot` at positions `0..length-1`."""
+        self._require_caches()
+        caches = [t for cache in self._slow_caches for t in (cache.k, cache.v)]
+        if len(tensors) != len(caches):
+            raise ValueError(f"expected {len(caches)} tensors (k and v per layer), got {len(tensors)}")
+        for cache, tensor in zip(caches, tensors, strict=True):
+            cache[slot, :, : tensor.shape[1]] = tensor
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` cached positions of slot `src` into slot `dst`."""
+        self.import_prefix(dst, self.export_prefix(src, length))
+
+    def _require_caches(self) -> None:
+        if not self._slow_caches:
+            raise RuntimeError("call setup_caches() first")
+
+    # ------------------------------------------------------------------ slow transformer
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """`tokens [B, 1 + num_codebooks, T]` -> `[B, T, dim]` (spec §2.2)."""
+        c = self.config
+        row0 = tokens[:, 0]
+        codes = tokens[:, 1:]
+        if c.share_codebook_embeddings:
+            offsets = torch.arange(c.num_codebooks, device=tokens.device) * c.codebook_size
+            codes = codes + offsets[None, :, None]
+        codebook_sum = self.codebook_embeddings(codes).sum(dim=1)
+        is_semantic = (row0 >= self.semantic_begin_id) & (row0 <= self.semantic_end_id)
+        codebook_sum = torch.where(is_semantic[..., None], codebook_sum, 0)
+        return self.embeddings(row0) + codebook_sum
+
+    def forward_slow(self, tokens: Tensor, input_pos: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the slow transformer over new positions of `B` sequences.
+
+        tokens `[B, 1 + num_codebooks, T]`, input_pos `[B, T]` (each row its own positions), slots `[B]`.
+        K/V are written into cache row `slots[b]` at `input_pos[b]`; each query attends to keys at positions
+        `<=` its own in that row. Returns the token logits `[B, vocab_size]` and the hidden state `[B, dim]`
+        (before the final norm) of the last position.
+        """
+        self._require_caches()
+        kv_len = int(input_pos.max()) + 1
+        if kv_len > self.cache_seq_len:
+            raise ValueError(f"position {kv_len - 1} is beyond the cache ({self.cache_seq_len} positions)")
+        x = self.embed(tokens)
+        rope = self._slow_rope[input_pos]
+        key_pos = torch.arange(kv_len, device=input_pos.device)
+        mask = (key_pos <= input_pos[..., None])[:, None]
+        for layer, cache in zip(self.layers, self._slow_caches, strict=True):
+            update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
+            x = layer(x, rope, update, mask)
+        hidden = x[:, -1]
+        normed = self.norm(hidden)
+        logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)
+        return logits, hidden
+
+    # ------------------------------------------------------------------ fast transformer
+
+    def embed_fast(self, codes: Tensor) -> Tensor:
+        """Input of fast position k >= 1: the embedding of codebook k - 1, `codes [B]` -> `[B, fast_dim]`."""
+        return self.fast_embeddings(codes)
+
+    def forward_fast(self, x: Tensor, pos: int) -> Tensor:
+        """One fast-transformer position for `B` rows; returns codebook logits `[B, codebook_size]`.
+
+        pos 0: `x` is the slow hidden state `[B, dim]` (projected to fast_dim here when they differ); this
+        starts a new frame (earlier fast cache entries are ignored). pos k >= 1: `x = embed_fast(codebook_{k-1})`.
+        """
+        self._require_caches()
+        if pos == 0:
+            x = self.fast_project_in(x)
+        x = x[:, None]
+        rope = self._fast_rope[pos].expand(x.shape[0], 1, -1, -1)
+        for layer, cache in zip(self.fast_layers, self._fast_caches, strict=True):
+            x = layer(x, rope, partial(cache.update, pos=pos), None)
+        return self.fast_output(self.fast_norm(x[:, 0]))

@@ -1,0 +1,366 @@
+"""The semantic-token engine behind `llama_semantic`: a slot KV cache and in-flight batching.
+
+A scheduler thread owns the model. Between decode steps it admits waiting requests into free KV-cache
+slots (prefilling their prompts), then runs ONE batched decode step for every active sequence, each with
+its own sampling parameters, random generator, repetition window and stop rule. Each request's codes are
+streamed to its sink in chunks carrying up to 16 frames of left context for an exact streaming decode.
+Finished, failed and cancelled requests free their slot at once.
+
+The engine knows nothing of Triton: a sink is any object with `send`, `close` and `cancelled`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fish_speech_triton.lm.generation import (
+    BatchSamplingParams,
+    RepetitionWindow,
+    SamplingParams,
+    decode_step,
+    frame_budget,
+    prefill,
+)
+from fish_speech_triton.lm.long_form import HISTORY_RESERVE, select_history, text_segments
+from fish_speech_triton.lm.model import DualARTransformer
+from fish_speech_triton.lm.prompt import PromptBuilder, Reference
+from fish_speech_triton.lm.tokenizer import FishTokenizer
+
+# Frames of left context sent before each chunk's new frames (the decoder needs >= 12 for an exact result).
+CONTEXT_FRAMES = 16
+# History budget of the iterative prompt, as in the offline long-text loop.
+MAX_LENGTH = 2048
+
+
+class Sink(Protocol):
+    """Where a request's results go."""
+
+    def send(self, codes: np.ndarray, context_frames: int) -> None:
+        """Codes `[8, n]` int32, of which the first `context_frames` are left context already sent."""
+
+    def close(self, error: BaseException | None) -> None:
+        """The request is over (successfully when `error` is None); called exactly once."""
+
+    def cancelled(self) -> bool:
+        """True when the client gave up; the engine then stops and frees the slot."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    text: str
+    references: tuple[Reference, ...] = ()
+    params: SamplingParams = field(default_factory=SamplingParams)
+    seed: int | None = None
+    chunk_length: int = 200
+    iterative_prompt: bool = True
+    stream_chunk_frames: int | None = None  # None: the engine's default
+
+
+class CodeStreamer:
+    """Cuts a growing code sequence into chunks: a short first one, then `chunk_frames` each."""
+
+    def __init__(self, sink: Sink, first_chunk_frames: int, chunk_frames: int) -> None:
+        self.sink = sink
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
+        self.frames: list[np.ndarray] = []
+        self.sent = 0
+
+    def add(self, codes: np.ndarray) -> None:
+        self.frames.append(codes)
+        threshold = self.first_chunk_frames if self.sent == 0 else self.chunk_frames
+        if len(self.frames) - self.sent >= threshold:
+            self.flush()
+
+    def flush(self) -> None:
+        total = len(self.frames)
+        if total == self.sent:
+            return
+        context = min(CONTEXT_FRAMES, self.sent)
+        chunk = np.stack(self.frames[self.sent - context : total], axis=1).astype(np.int32)
+        self.sink.send(chunk, context)
+        self.sent = total
+
+
+class _Sequence:
+    """One request in a slot: its text segments, prompt history and the state of the current segment."""
+
+    def __init__(self, request: GenerationRequest, sink: Sink, slot: int, streamer: CodeStreamer, device):
+        self.request = request
+        self.sink = sink
+        self.slot = slot
+        self.streamer = streamer
+        self.segments = text_segments(
+            request.text, iterative_prompt=request.iterative_prompt, chunk_length=request.chunk_length
+        )
+        self.segment_index = 0
+        self.history: list[Tensor] = []
+        seed = request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # Current segment.
+        self.prompt_length = 0
+        self.budget = 0
+        self.step = 0
+        self.frame: Tensor | None = None
+        self.frames: list[Tensor] = []
+        self.window: RepetitionWindow | None = None
+
+
+class SemanticEngine:
+    def __init__(
+        self,
+        model: DualARTransformer,
+        tokenizer: FishTokenizer,
+        *,
+        num_slots: int,
+        first_chunk_frames: int = 8,
+        stream_chunk_frames: int = 32,
+        prefix_cache_size: int = 16,
+        max_seq_len: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.embeddings.weight.device
+        self.builder = PromptBuilder(tokenizer, model.config.num_codebooks)
+        self.first_chunk_frames = first_chunk_frames
+        self.stream_chunk_frames = stream_chunk_frames
+        self.prefix_cache_size = prefix_cache_size
+        self._prefixes: collections.OrderedDict[str, list[Tensor]] = collections.OrderedDict()
+        model.setup_caches(num_slots, max_seq_len)
+        self.num_slots = num_slots
+        self._free = list(range(num_slots - 1, -1, -1))
+        self._active: dict[int, _Sequence] = {}
+        self._pending: collections.deque[tuple[GenerationRequest, Sink]] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="semantic-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise InputError now for what would fail at admission (empty text, prompt beyond the context)."""
+        segments = text_segments(
+            request.text, iterative_prompt=request.iterative_prompt, chunk_length=request.chunk_length
+        )
+        length = self.builder.prefix(request.references).shape[1] + self.builder.segment(segments[0]).shape[1]
+        frame_budget(length, request.params.max_new_tokens, self.model.cache_seq_len)
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        """Queue a request; its results and its end reach `sink` from the scheduler thread."""
+        self.validate(request)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            self._pending.append((request, sink))
+            self._cond.notify()
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ scheduler
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._pending and not self._active:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    admitted = []
+                    while self._pending and self._free:
+                        admitted.append((*self._pending.popleft(), self._free.pop()))
+                for request, sink, slot in admitted:
+                    self._admit(request, sink, slot)
+                self._drop_cancelled()
+                if self._active:
+                    self._decode()
+        for seq in list(self._active.values()):
+            self._finish(seq, RuntimeError("the server is shutting down"))
+        for _, sink in self._pending:
+            sink.close(RuntimeError("the server is shutting down"))
+
+    def _admit(self, request: GenerationRequest, sink: Sink, slot: int) -> None:
+        chunk = request.stream_chunk_frames or self.stream_chunk_frames
+        streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
+        seq = None
+        try:
+            if sink.cancelled():
+                raise _Cancelled
+            seq = _Sequence(request, sink, slot, streamer, self.device)
+            self._active[slot] = seq
+            self._start_segment(seq)
+        except _Cancelled:
+            self._release(slot)
+            sink.close(None)
+        except Exception as exc:  # this request fails alone; the others go on
+            if seq is not None:
+                self._finish(seq, exc)
+            else:
+                self._release(slot)
+                sink.close(exc)
+
+    def _start_segment(self, seq: _Sequence) -> None:
+        """Prefill the prompt of the sequence's next segment and take its first frame."""
+        prefix = self.builder.prefix(seq.request.references)
+        seq.history.append(self.builder.segment(seq.segments[seq.segment_index]))
+        prompt = torch.cat(
+            [prefix, *select_history(seq.history, MAX_LENGTH - HISTORY_RESERVE - prefix.shape[1])], 1
+        )
+        params = seq.request.params
+        seq.prompt_length = prompt.shape[1]
+        seq.budget = frame_budget(seq.prompt_length, params.max_new_tokens, self.model.cache_seq_len)
+        if seq.segment_index == 0:
+            start = self._restore_prefix(prefix, seq.slot)
+        else:
+            start = prefix.shape[1]  # the slot still holds the prefix from the first segment
+        seq.frame = prefill(self.model, prompt, seq.slot, params, seq.generator, start_pos=start)
+        if seq.segment_index == 0 and start == 0:
+            self._remember_prefix(prefix, seq.slot)
+        seq.step = 0
+        seq.frames = [seq.frame]
+        seq.window = RepetitionWindow(seq.frame.shape[0], seq.budget, self.device)
+        self._after_frame(seq)
+
+    def _prefix_key(self, prefix: Tensor) -> str:
+        return hashlib.sha1(prefix.numpy().tobytes()).hexdigest()
+
+    def _restore_prefix(self, prefix: Tensor, slot: int) -> int:
+        """Copy a cached prefix (system prompt + references) into `slot`; return how many positions it covers."""
+        if not prefix.shape[1] or not self.prefix_cache_size:
+            return 0
+        cached = self._prefixes.get(self._prefix_key(prefix))
+        if cached is None:
+            return 0
+        self._prefixes.move_to_end(self._prefix_key(prefix))
+        self.model.import_prefix(slot, cached)
+        return prefix.shape[1]
+
+    def _remember_prefix(self, prefix: Tensor, slot: int) -> None:
+        if not prefix.shape[1] or not self.prefix_cache_size:
+            return
+        self._prefixes[self._prefix_key(prefix)] = self.model.export_prefix(slot, prefix.shape[1])
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+
+    def _decode(self) -> None:
+        rows = list(self._active.values())
+        try:
+            frames = decode_step(
+                self.model,
+                torch.stack([seq.frame for seq in rows]),
+                torch.tensor([seq.prompt_length + seq.step for seq in rows], device=self.device),
+                torch.tensor([seq.slot for seq in rows], device=self.device),
+                torch.stack([seq.window.window(seq.step) for seq in rows]),
+                BatchSamplingParams.stack([seq.request.params for seq in rows], self.device),
+                [seq.generator for seq in rows],
+            )
+        except Exception as exc:  # a failed step fails the sequences in it, the engine keeps serving
+            for seq in rows:
+                self._finish(seq, exc)
+            return
+        for seq, frame in zip(rows, frames, strict=True):
+            seq.window.record(seq.step, frame)
+            seq.step += 1
+            seq.frame = frame
+            seq.frames.append(frame)
+            try:
+                self._after_frame(seq)
+            except Exception as exc:
+                self._finish(seq, exc)
+
+    def _after_frame(self, seq: _Sequence) -> None:
+        """Stream the new frame's codes; at a segment's end start the next one or finish the request."""
+        ended = int(seq.frame[0]) == self.tokenizer.im_end_id
+        if not ended:
+            seq.streamer.add(seq.frame[1:].cpu().numpy())
+        if not ended and len(seq.frames) < seq.budget:
+            return
+        seq.history.append(torch.stack(seq.frames, dim=1).cpu())
+        seq.segment_index += 1
+        if seq.segment_index < len(seq.segments):
+            self._start_segment(seq)
+        else:
+            self._finish(seq, None)
+
+    def _drop_cancelled(self) -> None:
+        for seq in list(self._active.values()):
+            if seq.sink.cancelled():
+                self._release(seq.slot)
+                seq.sink.close(None)
+
+    def _finish(self, seq: _Sequence, error: BaseException | None) -> None:
+        if self._active.get(seq.slot) is not seq:
+            return  # already finished
+        self._release(seq.slot)
+        try:
+            if error is None:
+                seq.streamer.flush()
+        except Exception as exc:  # the sink failed while flushing: report it as the request's error
+            error = exc
+        seq.sink.close(error)
+
+    def _release(self, slot: int) -> None:
+        self._active.pop(slot, None)
+        with self._cond:
+            self._free.append(slot)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def generate_codes(engine: SemanticEngine, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
+    """Run `requests` through `engine` at once and return each one's codes `[8, N]` (for tools and tests)."""
+    sinks = [CollectingSink() for _ in requests]
+    for request, sink in zip(requests, sinks, strict=True):
+        engine.submit(request, sink)
+    return [sink.result() for sink in sinks]
+
+
+class CollectingSink:
+    """A sink that gathers a request's chunks and waits for its end."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[np.ndarray, int]] = []
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def send(self, codes: np.ndarray, context_frames: int) -> None:
+        self.chunks.append((codes, context_frames))
+
+    def close(self, error: BaseException | None) -> None:
+        self.error = error
+        self._done.set()
+
+    def cancelled(self) -> bool:
+        return False
+
+    def result(self, timeout_s: float = 600.0) -> np.ndarray:
+        if not self._done.wait(timeout_s):
+            raise TimeoutError("the request did not finish in time")
+        if self.error is not None:
+            raise self.error
+        parts = [codes[:, context:] for codes, context in self.chunks]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((8, 0), dtype=np.int32)

@@ -1,0 +1,140 @@
+"""The in-flight batching engine behind llama_semantic, run in-process on a small random LM."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.lm.long_form import generate_long
+from fish_speech_triton.lm.prompt import Reference
+from fish_speech_triton.serving.engine import (
+    CONTEXT_FRAMES,
+    CollectingSink,
+    GenerationRequest,
+    SemanticEngine,
+    generate_codes,
+)
+
+GREEDY = SamplingParams(top_p=1e-6, temperature=0.7, repetition_penalty=1.3, max_new_tokens=24)
+TEXTS = ["Hello world, this is a test.", "Another sentence here!", "Short.", "Numbers like 3.14 stay whole."]
+
+
+@pytest.fixture
+def engine(lm_small, lm_single_thread):
+    model, tokenizer = lm_small
+    engine = SemanticEngine(model, tokenizer, num_slots=3, first_chunk_frames=3, stream_chunk_frames=5)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(lm_small) -> Reference:
+    codes = torch.randint(0, 1000, (8, 12), generator=torch.Generator().manual_seed(3))
+    return Reference("A reference voice says this.", codes)
+
+
+def offline(lm_small, text: str, params: SamplingParams, seed: int, references=(), chunk_length=200) -> np.ndarray:
+    model, tokenizer = lm_small
+    codes = generate_long(
+        model,
+        tokenizer,
+        text,
+        references=references,
+        params=params,
+        generator=torch.Generator().manual_seed(seed),
+        chunk_length=chunk_length,
+    )
+    return codes.numpy()
+
+
+def test_greedy_batch_equals_offline_generation(engine, lm_small, reference):
+    requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
+    requests.append(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1, references=(reference,)))
+    results = generate_codes(engine, requests)  # 5 requests, 3 slots: two wait for a free slot
+    for request, codes in zip(requests, results, strict=True):
+        expected = offline(lm_small, request.text, GREEDY, 1, request.references)
+        np.testing.assert_array_equal(codes, expected)
+        assert codes.dtype == np.int32 and codes.shape[0] == 8 and codes.shape[1] > 0
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(engine):
+    params = SamplingParams(max_new_tokens=20)
+    alone = [generate_codes(engine, [GenerationRequest(text=t, params=params, seed=7)])[0] for t in TEXTS[:3]]
+    together = generate_codes(engine, [GenerationRequest(text=t, params=params, seed=7) for t in TEXTS[:3]])
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_long_text_uses_the_iterative_prompt(engine, lm_small):
+    text = "First sentence is here. Second one follows it. A third closes the text."
+    codes = generate_codes(engine, [GenerationRequest(text=text, params=GREEDY, seed=1, chunk_length=30)])[0]
+    np.testing.assert_array_equal(codes, offline(lm_small, text, GREEDY, 1, chunk_length=30))
+
+
+def test_cached_reference_prefix_gives_the_same_codes(engine, lm_small, reference):
+    request = GenerationRequest(text=TEXTS[1], params=GREEDY, seed=1, references=(reference,))
+    first = generate_codes(engine, [request])[0]
+    assert len(engine._prefixes) == 1
+    second = generate_codes(engine, [request])[0]  # prefix restored from the cache
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, offline(lm_small, TEXTS[1], GREEDY, 1, (reference,)))
+
+
+def test_chunks_carry_left_context_and_a_short_first_chunk(engine):
+    sink = CollectingSink()
+    engine.submit(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1), sink)
+    codes = sink.result()
+    sizes = [chunk.shape[1] - context for chunk, context in sink.chunks]
+    assert sizes[0] == 3 and all(size == 5 for size in sizes[1:-1]) and 0 < sizes[-1] <= 5
+    sent = 0
+    for chunk, context in sink.chunks:
+        assert context == min(CONTEXT_FRAMES, sent)
+        np.testing.assert_array_equal(chunk, codes[:, sent - context : sent - context + chunk.shape[1]])
+        sent += chunk.shape[1] - context
+
+
+class CancellingSink(CollectingSink):
+    """Cancels after its first chunk, as a client closing its stream would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = threading.Event()
+
+    def cancelled(self) -> bool:
+        return bool(self.chunks)
+
+    def close(self, error):
+        super().close(error)
+        self.closed.set()
+
+
+def test_cancelled_request_frees_its_slot(engine):
+    params = SamplingParams(top_p=1e-6, max_new_tokens=500)
+    sinks = [CancellingSink() for _ in range(3)]
+    for sink in sinks:  # fill every slot
+        engine.submit(GenerationRequest(text=TEXTS[0], params=params, seed=1), sink)
+    for sink in sinks:
+        assert sink.closed.wait(60)
+        assert sink.error is None and len(sink.chunks) == 1
+    after = generate_codes(engine, [GenerationRequest(text=TEXTS[2], params=GREEDY, seed=1)])[0]
+    assert after.shape[1] > 0
+    assert engine.active_count == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"text": "   "}, "empty"),
+        ({"text": "!!! ..."}, "empty"),
+        ({"text": "word " * 2000, "iterative_prompt": False}, "holds at most"),
+    ],
+)
+def test_bad_requests_are_refused_before_admission(engine, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        engine.submit(GenerationRequest(params=GREEDY, **kwargs), CollectingSink())
+    assert engine.pending_count == 0
