@@ -1,0 +1,118 @@
+"""The exported codec graphs run with onnxruntime, with the validation the Triton contract promises.
+
+Both codec models of the repository (and any tool that wants the ONNX codec) go through these classes,
+so a bad input gives the same clear message everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fish_speech_triton.audio import resample
+from fish_speech_triton.errors import InputError
+
+SAMPLE_RATE = 44100
+SAMPLES_PER_FRAME = 2048
+NUM_CODEBOOKS = 8
+# Codebook entries addressable by the LM (codebook_size); the FSQ uses the first 1000 of them.
+CODE_LIMIT = 1024
+# Reflect padding of the log-mel front end needs more than this many samples (spec 1.2).
+MIN_SAMPLES = 769
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+
+
+def _providers(device: str) -> list[str]:
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "tensorrt":
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    raise InputError(f"unknown codec device {device!r}: expected cpu, cuda or tensorrt")
+
+
+def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=_providers(device))
+
+
+class OnnxEncoder:
+    """Reference audio (any supported rate, mono) → prompt codes `[8, F]` int32."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, max_seconds: float = 90.0):
+        self.session = open_session(path, device, threads)
+        self.max_seconds = max_seconds
+
+    def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+            raise InputError(
+                f"unsupported sample rate {sample_rate} Hz: expected {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
+            )
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise InputError("reference audio is empty")
+        if not np.isfinite(audio).all():
+            raise InputError("reference audio contains NaN or infinite samples")
+        if audio.size / sample_rate > self.max_seconds:
+            raise InputError(
+                f"reference audio is {audio.size / sample_rate:.1f} s long: at most {self.max_seconds:.0f} s"
+            )
+        if sample_rate != SAMPLE_RATE:
+            audio = resample(audio, sample_rate, SAMPLE_RATE)
+        if audio.size < MIN_SAMPLES:
+            raise InputError(
+                f"reference audio is too short ({audio.size} samples at 44.1 kHz): "
+                f"at least {MIN_SAMPLES} samples (~{1000 * MIN_SAMPLES / SAMPLE_RATE:.0f} ms) are needed"
+            )
+        return audio
+
+    def encode(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        audio = self.prepare(audio, sample_rate)
+        (codes,) = self.session.run(["codes"], {"audio": audio[None, None, :]})
+        return np.ascontiguousarray(codes[0], dtype=np.int32)
+
+
+def validate_codes(codes: np.ndarray, what: str = "codes") -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[0] != NUM_CODEBOOKS:
+        raise InputError(f"{what} must have shape [8, frames], got {list(codes.shape)}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise InputError(f"{what} must be integers, got {codes.dtype}")
+    if codes.size and (codes.min() < 0 or codes.max() >= CODE_LIMIT):
+        raise InputError(
+            f"{what} out of range: values must be in [0, {CODE_LIMIT}), got [{codes.min()}, {codes.max()}]"
+        )
+    return codes.astype(np.int32, copy=False)
+
+
+class OnnxDecoder:
+    """Codes `[8, F]` (the first `context_frames` of them left context) → 44.1 kHz audio after the context."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0):
+        self.session = open_session(path, device, threads)
+
+    def decode(self, codes: np.ndarray, context_frames: int = 0) -> np.ndarray:
+        codes = validate_codes(codes)
+        frames = codes.shape[1]
+        if frames == 0:
+            if context_frames:
+                raise InputError(f"context_frames {context_frames} given for an empty code sequence")
+            return np.zeros(0, dtype=np.float32)
+        if not 0 <= context_frames < frames:
+            raise InputError(
+                f"context_frames must be in [0, {frames}) for {frames} frames, got {context_frames}"
+            )
+        (audio,) = self.session.run(
+            ["audio"],
+            {"codes": codes[None], "context_frames": np.array([context_frames], dtype=np.int64)},
+        )
+        return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)

@@ -1,0 +1,126 @@
+"""llama_semantic: text (+ reference) -> a stream of semantic code chunks (see config.pbtxt for the contract).
+
+Decoupled: `execute` checks each request and hands it to the engine's scheduler thread, which streams
+`CODES` / `CONTEXT_FRAMES` responses and ends every request with a final response (an error one on failure).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.serving.engine import SemanticEngine
+from fish_speech_triton.serving.references import ReferenceStore
+from fish_speech_triton.serving.semantic_requests import SemanticInputs, build_request
+from fish_speech_triton.serving.triton_io import (
+    device_of,
+    error,
+    input_array,
+    model_parameters,
+    optional_scalar,
+    optional_text,
+    version_dir,
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TritonSink:
+    """Engine results -> Triton responses on the request's response sender."""
+
+    def __init__(self, sender):
+        self.sender = sender
+
+    def send(self, codes, context_frames):
+        tensors = [
+            pb_utils.Tensor("CODES", np.ascontiguousarray(codes, dtype=np.int32)),
+            pb_utils.Tensor("CONTEXT_FRAMES", np.array([context_frames], dtype=np.int32)),
+        ]
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+
+    def close(self, exc):
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if exc is None:
+            self.sender.send(flags=final)
+        else:
+            self.sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error(exc)), flags=final)
+
+    def cancelled(self):
+        return self.sender.is_cancelled()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        threads = int(params.get("torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        device = device_of(args, params.get("device", "cpu"))
+        checkpoint = Path(params["checkpoint_dir"])
+        if not checkpoint.is_absolute():
+            checkpoint = version_dir(args) / checkpoint
+        self.model, self.tokenizer = load_lm(
+            checkpoint, device=device, dtype=DTYPES[params.get("precision", "fp32")]
+        )
+        self.encoder_model = params.get("encoder_model", "vqgan_encoder")
+        references_dir = params.get("references_dir", "")
+        self.references = ReferenceStore(references_dir, self._encode) if references_dir else None
+        self.engine = SemanticEngine(
+            self.model,
+            self.tokenizer,
+            num_slots=int(params.get("kv_slots", "8")),
+            first_chunk_frames=int(params.get("first_chunk_frames", "8")),
+            stream_chunk_frames=int(params.get("stream_chunk_frames", "32")),
+            prefix_cache_size=int(params.get("prefix_cache_size", "16")),
+        )
+
+    def _encode(self, audio, sample_rate):
+        """Reference audio -> codes through the repository's encoder model (a BLS call)."""
+        request = pb_utils.InferenceRequest(
+            model_name=self.encoder_model,
+            requested_output_names=["CODES"],
+            inputs=[
+                pb_utils.Tensor("AUDIO", np.ascontiguousarray(audio, dtype=np.float32)),
+                pb_utils.Tensor("SAMPLE_RATE", np.array([sample_rate], dtype=np.int32)),
+            ],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        return pb_utils.get_output_tensor_by_name(response, "CODES").as_numpy()
+
+    def _inputs(self, request):
+        return SemanticInputs(
+            text=optional_text(request, "TEXT"),
+            reference_text=optional_text(request, "REFERENCE_TEXT"),
+            reference_codes=input_array(request, "REFERENCE_CODES"),
+            reference_id=optional_text(request, "REFERENCE_ID"),
+            max_new_tokens=optional_scalar(request, "MAX_NEW_TOKENS", int, None),
+            top_p=optional_scalar(request, "TOP_P", float, None),
+            temperature=optional_scalar(request, "TEMPERATURE", float, None),
+            repetition_penalty=optional_scalar(request, "REPETITION_PENALTY", float, None),
+            seed=optional_scalar(request, "SEED", int, None),
+            chunk_length=optional_scalar(request, "CHUNK_LENGTH", int, None),
+            stream_chunk_frames=optional_scalar(request, "STREAM_CHUNK_FRAMES", int, None),
+        )
+
+    def execute(self, requests):
+        config = self.model.config
+        for request in requests:
+            sink = TritonSink(request.get_response_sender())
+            try:
+                generation = build_request(
+                    self._inputs(request),
+                    num_codebooks=config.num_codebooks,
+                    codebook_size=config.codebook_size,
+                    references=self.references,
+                )
+                self.engine.submit(generation, sink)
+            except Exception as exc:  # a bad request gets its error; the model keeps serving
+                sink.close(exc)
+        return None
+
+    def finalize(self):
+        self.engine.stop()
