@@ -1,0 +1,208 @@
+"""Build a servable Triton model repository from the published checkpoint.
+
+    python -m export.build_repository --llama-checkpoint-path checkpoints/fish-speech-1.5 \
+        --decoder-checkpoint-path checkpoints/fish-speech-1.5/firefly-gan-vq-fsq-8x1024-21hz-generator.pth \
+        --output-dir build/model_repository [--device cpu|cuda] [--precision fp32|bf16|fp16]
+
+It copies the model code and configs of `model_repository/`, fills every `${...}` value of the configs,
+exports the codec to ONNX next to the codec models, and (unless --no-verify) checks that the ONNX graphs
+match the PyTorch codec and that the LM checkpoint loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import string
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.hub import resolve_checkpoint, resolve_codec_checkpoint
+from fish_speech_triton.tools.cli import run_cli
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
+MODELS = ("vqgan_encoder", "llama_semantic", "vqgan_decoder", "ensemble")
+
+
+@dataclass
+class RepositoryOptions:
+    llama_checkpoint: Path
+    decoder_checkpoint: Path
+    output_dir: Path
+    decoder_config_name: str | None = "firefly_gan_vq"
+    decoder_config: Path | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    kv_slots: int = 8
+    lm_instances: int = 1
+    codec_instances: int = 1
+    codec_threads: int = 0
+    torch_threads: int = 0
+    first_chunk_frames: int = 8
+    stream_chunk_frames: int = 32
+    references_dir: Path | None = None
+    opset: int = 17
+    verify: bool = True
+
+
+def _template_values(opts: RepositoryOptions) -> dict[str, str]:
+    gpu = opts.device.startswith("cuda")
+    return {
+        "instance_kind": "KIND_GPU" if gpu else "KIND_CPU",
+        "codec_instances": str(opts.codec_instances),
+        "lm_instances": str(opts.lm_instances),
+        "codec_device": "cuda" if gpu else "cpu",
+        "codec_threads": str(opts.codec_threads),
+        "checkpoint_dir": str(opts.llama_checkpoint.resolve()),
+        "device": opts.device,
+        "precision": opts.precision,
+        "kv_slots": str(opts.kv_slots),
+        "references_dir": str((opts.references_dir or opts.output_dir / "references").resolve()),
+        "first_chunk_frames": str(opts.first_chunk_frames),
+        "stream_chunk_frames": str(opts.stream_chunk_frames),
+        "torch_threads": str(opts.torch_threads),
+    }
+
+
+def write_configs(opts: RepositoryOptions) -> None:
+    """Copy the repository templates into the output directory with every ${...} value filled."""
+    values = _template_values(opts)
+    for model in MODELS:
+        src = TEMPLATE_DIR / model
+        dst = opts.output_dir / model
+        shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        template = string.Template((src / "config.pbtxt").read_text())
+        try:
+            (dst / "config.pbtxt").write_text(template.substitute(values))
+        except KeyError as exc:  # a template names a value this builder does not know: a bug, say which
+            raise FishSpeechError(f"{src / 'config.pbtxt'} uses unknown value ${{{exc.args[0]}}}") from exc
+    (opts.output_dir / "ensemble" / "1" / ".gitkeep").unlink(missing_ok=True)
+    Path(values["references_dir"]).mkdir(parents=True, exist_ok=True)
+
+
+def export_codec(opts: RepositoryOptions) -> None:
+    import torch
+
+    from export.codec_onnx import export_decoder, export_encoder, verify_parity
+    from fish_speech_triton.codec.checkpoint import load_codec
+    from fish_speech_triton.codec.config import load_codec_config
+
+    config = load_codec_config(opts.decoder_config_name, opts.decoder_config)
+    codec = load_codec(opts.decoder_checkpoint, config)
+    encoder_path = opts.output_dir / "vqgan_encoder" / "1" / "vqgan_encoder.onnx"
+    decoder_path = opts.output_dir / "vqgan_decoder" / "1" / "vqgan_decoder.onnx"
+    print(f"[build] exporting the codec encoder to {encoder_path}", file=sys.stderr)
+    with torch.inference_mode(False):
+        export_encoder(codec, encoder_path, opset=opts.opset)
+        print(f"[build] exporting the codec decoder to {decoder_path}", file=sys.stderr)
+        export_decoder(codec, decoder_path, opset=opts.opset)
+    if opts.verify:
+        report = verify_parity(codec, encoder_path, decoder_path)
+        print(f"[build] ONNX parity: {report}", file=sys.stderr)
+
+
+def verify_lm(opts: RepositoryOptions) -> None:
+    from fish_speech_triton.lm.checkpoint import load_lm
+
+    print(f"[build] checking the LM checkpoint in {opts.llama_checkpoint}", file=sys.stderr)
+    load_lm(opts.llama_checkpoint, device="cpu")
+
+
+def build_repository(opts: RepositoryOptions) -> Path:
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    write_configs(opts)
+    export_codec(opts)
+    if opts.verify:
+        verify_lm(opts)
+    print(f"[build] model repository ready: {opts.output_dir}", file=sys.stderr)
+    return opts.output_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoint and deployment options, shared with `fish_speech_triton.serve`."""
+    parser.add_argument(
+        "--llama-checkpoint-path",
+        help="LM checkpoint directory (config.json, model.pth, tokenizer.tiktoken) or a Hugging Face repo id",
+    )
+    parser.add_argument(
+        "--decoder-checkpoint-path",
+        help="codec generator .pth (firefly-gan-vq-fsq-8x1024-21hz-generator.pth), its directory or a repo id",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--decoder-config-name", default="firefly_gan_vq", help="named codec architecture")
+    group.add_argument("--decoder-config", type=Path, help="codec architecture from a JSON file instead")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the LM; the codec follows it")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="LM weights and compute precision (default: fp32 on CPU, bf16 on CUDA)",
+    )
+    parser.add_argument("--kv-slots", type=int, default=8, help="concurrent sequences per LM instance")
+    parser.add_argument("--lm-instances", type=int, default=1, help="llama_semantic instances")
+    parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
+    parser.add_argument(
+        "--first-chunk-frames",
+        type=int,
+        default=8,
+        help="frames in a stream's first chunk (small: low time to first audio)",
+    )
+    parser.add_argument(
+        "--stream-chunk-frames",
+        type=int,
+        default=32,
+        help="default frames per later chunk (STREAM_CHUNK_FRAMES overrides per request)",
+    )
+    parser.add_argument(
+        "--references-dir",
+        type=Path,
+        help="stored reference voices, references/<id>/*.wav + .lab (default: REPO/references)",
+    )
+
+
+def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryOptions:
+    if not args.llama_checkpoint_path or not args.decoder_checkpoint_path:
+        raise FishSpeechError("both --llama-checkpoint-path and --decoder-checkpoint-path are required")
+    for name in ("kv_slots", "lm_instances", "codec_instances", "first_chunk_frames", "stream_chunk_frames"):
+        if getattr(args, name) < 1:
+            raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
+    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    return RepositoryOptions(
+        llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
+        decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path),
+        output_dir=output_dir,
+        decoder_config_name=None if args.decoder_config else args.decoder_config_name,
+        decoder_config=args.decoder_config,
+        device=args.device,
+        precision=precision,
+        kv_slots=args.kv_slots,
+        lm_instances=args.lm_instances,
+        codec_instances=args.codec_instances,
+        first_chunk_frames=args.first_chunk_frames,
+        stream_chunk_frames=args.stream_chunk_frames,
+        references_dir=args.references_dir,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.build_repository",
+        description="Export the codec to ONNX and write a complete Triton model repository for Fish-Speech.",
+    )
+    add_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, required=True, help="where to write the repository")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset of the codec graphs")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX parity and LM load checks")
+    args = parser.parse_args(argv)
+    opts = options_from_args(args, args.output_dir)
+    opts.opset = args.opset
+    opts.verify = not args.no_verify
+    build_repository(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

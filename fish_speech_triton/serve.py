@@ -1,0 +1,109 @@
+"""Serve Fish-Speech with a local Triton Inference Server (the one shipped in the nvidia-pytriton wheel).
+
+    python -m fish_speech_triton.serve --llama-checkpoint-path checkpoints/fish-speech-1.5 \
+        --decoder-checkpoint-path checkpoints/fish-speech-1.5/firefly-gan-vq-fsq-8x1024-21hz-generator.pth
+
+builds the model repository when it is missing or was built with other options, then runs `tritonserver`
+in the foreground until Ctrl-C. `--demo` needs no checkpoint: it writes a small random one first, which
+produces noise, not speech (download fishaudio/fish-speech-1.5 for real voices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from export.build_repository import RepositoryOptions, add_arguments, build_repository, options_from_args
+from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.triton_server import TritonServer
+
+DEMO_DIR = Path("checkpoints") / "random-small"
+BUILD_INFO = "build_info.json"
+
+
+def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
+    """Build the repository unless one built with exactly these options is already there."""
+    info_path = opts.output_dir / BUILD_INFO
+    wanted = json.dumps(asdict(opts), default=str, sort_keys=True)
+    if not rebuild and info_path.exists() and info_path.read_text() == wanted:
+        print(f"[serve] using the model repository in {opts.output_dir}", file=sys.stderr)
+        return opts.output_dir
+    build_repository(opts)
+    info_path.write_text(wanted)
+    return opts.output_dir
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise FishSpeechError(f"--listen must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fish_speech_triton.serve",
+        description="Build the Fish-Speech model repository if needed and run a local Triton server.",
+    )
+    add_arguments(parser)
+    parser.add_argument(
+        "--demo", action="store_true", help="serve a small random checkpoint (noise, not speech)"
+    )
+    parser.add_argument("--listen", default="127.0.0.1:8000", help="HTTP address of Triton (HOST:PORT)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--model-repository", type=Path, default=Path("build") / "model_repository")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="rebuild the repository even if it looks current"
+    )
+    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    args = parser.parse_args(argv)
+
+    if args.demo and not (args.llama_checkpoint_path or args.decoder_checkpoint_path):
+        from fish_speech_triton.tools.make_random_checkpoint import write_random_checkpoint
+
+        print(
+            "[serve] --demo: serving a small RANDOM checkpoint; it produces noise, not speech. For real voices "
+            "download https://huggingface.co/fishaudio/fish-speech-1.5 and pass its files.",
+            file=sys.stderr,
+        )
+        ckpt = write_random_checkpoint(DEMO_DIR, "small")
+        args.llama_checkpoint_path = str(ckpt.lm_dir)
+        args.decoder_checkpoint_path = str(ckpt.codec_path)
+        args.decoder_config = ckpt.codec_config
+    opts = options_from_args(args, args.model_repository)
+    ensure_repository(opts, rebuild=args.rebuild)
+
+    host, http_port = parse_listen(args.listen)
+    server = TritonServer(
+        opts.output_dir,
+        http_port=http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=host,
+        log_verbose=args.log_verbose,
+    )
+    print(
+        f"[serve] starting tritonserver: HTTP {host}:{http_port}  gRPC {host}:{args.grpc_port}",
+        file=sys.stderr,
+    )
+    try:
+        server.start()
+        print(
+            f"[serve] ready: models vqgan_encoder, llama_semantic, vqgan_decoder, ensemble on {host} "
+            f"(HTTP {http_port}, gRPC {args.grpc_port}, metrics {args.metrics_port}). Ctrl-C stops.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return server.wait()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
