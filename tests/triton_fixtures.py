@@ -1,0 +1,76 @@
+"""A real tritonserver on free local ports, serving a repository built from a small random checkpoint.
+
+Registered as a pytest plugin by conftest.py; the server starts once per test session, on first use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from export.build_repository import RepositoryOptions, build_repository
+from fish_speech_triton.audio import save_wav, synthetic_speech
+from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint, write_random_checkpoint
+from fish_speech_triton.triton_server import TritonServer
+
+KV_SLOTS = 4
+FIRST_CHUNK_FRAMES = 4
+STREAM_CHUNK_FRAMES = 8
+STORED_VOICE = "alice"
+STORED_VOICE_TEXT = "This is how Alice sounds."
+
+
+@dataclass
+class TritonDeployment:
+    server: TritonServer
+    checkpoint: RandomCheckpoint
+    repository: Path
+    references_dir: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+
+@pytest.fixture(scope="session")
+def triton_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> RandomCheckpoint:
+    return write_random_checkpoint(tmp_path_factory.mktemp("triton-ckpt"), "small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def triton_deployment(tmp_path_factory: pytest.TempPathFactory, triton_checkpoint: RandomCheckpoint):
+    root = tmp_path_factory.mktemp("triton")
+    references = root / "references"
+    voice = references / STORED_VOICE
+    voice.mkdir(parents=True)
+    save_wav(voice / "sample.wav", synthetic_speech(1.5, 22050, seed=1), 22050)
+    (voice / "sample.lab").write_text(STORED_VOICE_TEXT)
+    repository = build_repository(
+        RepositoryOptions(
+            llama_checkpoint=triton_checkpoint.lm_dir,
+            decoder_checkpoint=triton_checkpoint.codec_path,
+            decoder_config_name=None,
+            decoder_config=triton_checkpoint.codec_config,
+            output_dir=root / "model_repository",
+            kv_slots=KV_SLOTS,
+            first_chunk_frames=FIRST_CHUNK_FRAMES,
+            stream_chunk_frames=STREAM_CHUNK_FRAMES,
+            references_dir=references,
+            codec_threads=1,
+            torch_threads=1,
+        )
+    )
+    server = TritonServer(repository, log_file=root / "tritonserver.log")
+    try:
+        server.start(timeout_s=300)
+    except Exception:
+        log = (root / "tritonserver.log").read_text(errors="replace")[-4000:]
+        pytest.fail(f"tritonserver did not start; end of its log:\n{log}")
+    yield TritonDeployment(server, triton_checkpoint, repository, references)
+    server.stop()
