@@ -45,9 +45,15 @@ class Reference:
 
     @classmethod
     def create(
-        cls, text: str, codes: Tensor | np.ndarray, num_codebooks: int, codebook_size: int
+        cls,
+        text: str,
+        codes: Tensor | np.ndarray,
+        num_codebooks: int,
+        codebook_size: int,
+        what: str = "prompt codes",
     ) -> Reference:
-        return cls(text, validate_codes(codes, num_codebooks, codebook_size))
+        """A reference with validated codes; `what` names them in error messages."""
+        return cls(text, validate_codes(codes, num_codebooks, codebook_size, what))
 
 
 class PromptBuilder:
