@@ -204,9 +204,10 @@ def build_command(settings: Settings, output_dir: Path) -> list[str]:
         str(settings.kv_slots),
         "--lm-instances",
         str(settings.lm_instances),
+        # Always passed: the model reads voices from it per request, so voices added later need no restart.
+        "--references-dir",
+        str(settings.references_dir),
     ]
-    if settings.references_dir.is_dir():
-        cmd += ["--references-dir", str(settings.references_dir)]
     return cmd + list(settings.build_extra_args)
 
 
@@ -323,6 +324,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return 0
         if settings.prebuilt_repository is None:
             ensure_checkpoint(settings)
+            with contextlib.suppress(OSError):  # a read-only volume may hold it already, or not need it
+                settings.references_dir.mkdir(parents=True, exist_ok=True)
             build_repository(settings)
         else:
             log(f"serving the prebuilt repository {settings.prebuilt_repository}")

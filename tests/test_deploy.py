@@ -420,7 +420,6 @@ def test_entrypoint_defaults_are_the_gpu_build(tmp_path: Path) -> None:
 
 
 def test_entrypoint_commands_use_the_contract_flags(tmp_path: Path) -> None:
-    (tmp_path / "refs").mkdir()
     settings = _settings(tmp_path, FISH_SPEECH_KV_SLOTS="4", TRITON_EXTRA_ARGS="--log-info=true")
     build = ep.build_command(settings, tmp_path / "out")
     assert build[1:3] == ["-m", "export.build_repository"]
