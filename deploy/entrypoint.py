@@ -242,6 +242,7 @@ def build_repository(settings: Settings, run: Runner = subprocess.run) -> Path:
     if repo.is_dir() and stamp.is_file() and stamp.read_text().strip() == fingerprint:
         log(f"model repository up to date: {repo}")
         return repo
+    repo.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(partial, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     command = build_command(settings, partial)
