@@ -3,6 +3,7 @@
 python -m client.tts --text "Hello there." --output out.wav --streaming
 python -m client.tts --text "..." --reference-audio ref.wav --reference-text "what ref.wav says"
 python -m client.tts --text "..." --reference-id alice --play
+python -m client.tts --text "..." --protocol http --url 127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from client.triton_http import DEFAULT_HTTP_URL, http_stream
 from client.triton_stream import DEFAULT_URL, StreamResult, connect, stream
 from fish_speech_triton.audio import load_audio, save_wav
 from fish_speech_triton.errors import FishSpeechError
@@ -91,13 +93,21 @@ class Player:
             self.stream.close()
 
 
+def ensemble_stream(args: argparse.Namespace, inputs: dict[str, object]) -> Iterator[dict[str, np.ndarray]]:
+    """The ensemble's responses over gRPC (a bidirectional stream) or HTTP (`generate_stream` events)."""
+    if args.protocol == "http":
+        return http_stream(args.url or DEFAULT_HTTP_URL, "ensemble", inputs, ("AUDIO",))
+    url = args.url or DEFAULT_URL
+    return stream(connect(url, "ensemble"), "ensemble", inputs, ("AUDIO",))
+
+
 def synthesize(args: argparse.Namespace) -> StreamResult:
     inputs: dict[str, object] = {"TEXT": args.text, **reference_inputs(args), **sampling_inputs(args)}
-    client = connect(args.url, "ensemble")
+    chunks = ensemble_stream(args, inputs)  # gRPC checks the server here, before the clock starts
     player = Player() if args.play else None
     result = StreamResult(started=time.perf_counter())
     try:
-        for chunk in stream(client, "ensemble", inputs, ("AUDIO",)):
+        for chunk in chunks:
             now = time.perf_counter()
             if result.first_chunk_at is None:
                 result.first_chunk_at = now
@@ -125,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("out.wav"), help="wav file to write (44.1 kHz)")
     parser.add_argument("--streaming", action="store_true", help="report progress as chunks arrive")
     parser.add_argument("--play", action="store_true", help="play through the default audio device")
-    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address HOST:PORT")
+    parser.add_argument(
+        "--url", help=f"Triton address HOST:PORT (default: gRPC {DEFAULT_URL}, HTTP {DEFAULT_HTTP_URL})"
+    )
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="how to reach Triton")
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
     if not args.text.strip():
