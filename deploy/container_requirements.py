@@ -6,8 +6,9 @@ They are the project's own dependencies (pyproject.toml) with three changes:
 - torch pinned to the given CUDA build;
 - `onnxruntime` (CPU only) replaced by `onnxruntime-gpu` with the CUDA and cuDNN libraries it loads. Both
   provide the same `onnxruntime` module, so installing both would leave whichever came last;
-- tritonclient without its `http` extra: tritonclient 2.51's pins geventhttpclient<=2.0.2, which has no
-  wheel for the container's Python 3.12, and the clients in the image use gRPC only.
+- tritonclient without its `http` extra: tritonclient 2.51 pins geventhttpclient<=2.0.2, which has no
+  wheel for the container's Python 3.12; our code uses tritonclient.grpc only (tests/test_deploy.py
+  checks that nothing imports tritonclient.http).
 The image then installs the project itself with --no-deps, so the dependency layer is rebuilt only when
 pyproject.toml or a pin changes.
 """

@@ -391,6 +391,17 @@ def test_container_requirements_swap_in_the_gpu_builds() -> None:
     assert {"numpy", "tiktoken", "huggingface-hub"} <= set(names)
 
 
+def test_nothing_in_the_image_needs_the_dropped_http_client() -> None:
+    copied = ["fish_speech_triton", "export", "client", "bench", "model_repository"]
+    users = [
+        str(path.relative_to(ROOT))
+        for package in copied
+        for path in (ROOT / package).rglob("*.py")
+        if re.search(r"tritonclient\.http|from tritonclient import http", path.read_text())
+    ]
+    assert not users, f"the image installs tritonclient without its http extra, but {users} import it"
+
+
 # --- The entrypoint ----------------------------------------------------------------------------------------
 
 
