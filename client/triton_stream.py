@@ -7,6 +7,7 @@ Errors from the server surface as `ServerError` with Triton's message; an unreac
 
 from __future__ import annotations
 
+import argparse
 import queue
 import time
 from collections.abc import Iterator, Mapping
@@ -146,3 +147,9 @@ def infer(
     except InferenceServerException as exc:
         raise ServerError(f"{model}: {exc.message()}") from exc
     return {name: result.as_numpy(name) for name in outputs}
+
+
+def add_url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"Triton gRPC address HOST:PORT (default {DEFAULT_URL})"
+    )
