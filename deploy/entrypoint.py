@@ -33,7 +33,6 @@ from fish_speech_triton.hub import CODEC_FILE, DEFAULT_REPO_ID, LM_FILES
 CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)
 DEVICES = ("cuda", "cpu")
 PRECISIONS = ("bf16", "fp16", "fp32")
-CODEC_RUNTIMES = ("onnxruntime", "python")
 EXIT_CONFIG = 2  # a setting or a missing checkpoint: the log line says what to change
 
 
@@ -71,7 +70,6 @@ class Settings:
     download: bool
     device: str
     precision: str
-    codec_runtime: str
     kv_slots: int
     lm_instances: int
     build_extra_args: tuple[str, ...]
@@ -101,7 +99,6 @@ class Settings:
             precision=_choice(
                 env, "FISH_SPEECH_PRECISION", "bf16" if device == "cuda" else "fp32", PRECISIONS
             ),
-            codec_runtime=_choice(env, "FISH_SPEECH_CODEC_RUNTIME", "onnxruntime", CODEC_RUNTIMES),
             kv_slots=_int(env, "FISH_SPEECH_KV_SLOTS", 8, minimum=1),
             lm_instances=_int(env, "FISH_SPEECH_LM_INSTANCES", 1, minimum=1),
             build_extra_args=tuple(shlex.split(env.get("FISH_SPEECH_BUILD_EXTRA_ARGS", ""))),
@@ -198,8 +195,6 @@ def build_command(settings: Settings, output_dir: Path) -> list[str]:
         settings.device,
         "--precision",
         settings.precision,
-        "--codec-runtime",
-        settings.codec_runtime,
         "--kv-slots",
         str(settings.kv_slots),
         "--lm-instances",

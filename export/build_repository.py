@@ -187,7 +187,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.build_repository",
         description="Export the codec to ONNX and write a complete Triton model repository for Fish-Speech.",
@@ -196,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the repository")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset of the codec graphs")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX parity and LM load checks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     opts = options_from_args(args, args.output_dir)
     opts.opset = args.opset
     opts.verify = not args.no_verify

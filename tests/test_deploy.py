@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from export.build_repository import build_parser
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
@@ -144,7 +146,6 @@ def test_gpu_overlay_essentials() -> None:
     assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert (env["FISH_SPEECH_DEVICE"], env["FISH_SPEECH_PRECISION"]) == ("cuda", "bf16")
-    assert env["FISH_SPEECH_CODEC_RUNTIME"] == "onnxruntime"
 
     assert {(p["name"], p["containerPort"]) for p in container["ports"]} == {
         ("http", 8000),
@@ -423,7 +424,7 @@ def _fill(directory: Path, names: Any) -> None:
 
 def test_entrypoint_defaults_are_the_gpu_build(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    assert (settings.device, settings.precision, settings.codec_runtime) == ("cuda", "bf16", "onnxruntime")
+    assert (settings.device, settings.precision) == ("cuda", "bf16")
     assert _settings(tmp_path, FISH_SPEECH_DEVICE="cpu").precision == "fp32"
     for bad in ({"FISH_SPEECH_DEVICE": "tpu"}, {"FISH_SPEECH_KV_SLOTS": "0"}, {"TRITON_HTTP_PORT": "x"}):
         with pytest.raises(ep.EntrypointError):
@@ -435,7 +436,11 @@ def test_entrypoint_commands_use_the_contract_flags(tmp_path: Path) -> None:
     build = ep.build_command(settings, tmp_path / "out")
     assert build[1:3] == ["-m", "export.build_repository"]
     flags = dict(zip(build[3::2], build[4::2], strict=False))
-    assert flags["--codec-runtime"] == "onnxruntime" and flags["--kv-slots"] == "4"
+    assert flags["--kv-slots"] == "4"
+    parsed = build_parser().parse_args(
+        build[3:]
+    )  # the builder itself accepts every flag the entrypoint passes
+    assert (parsed.device, parsed.precision, parsed.kv_slots) == ("cuda", "bf16", 4)
     assert flags["--decoder-checkpoint-path"].endswith("firefly-gan-vq-fsq-8x1024-21hz-generator.pth")
     assert flags["--references-dir"] == str(tmp_path / "refs")
     server = ep.server_command(settings, ["--log-verbose=1"])
