@@ -1,0 +1,69 @@
+"""The asyncio form of `triton_stream.stream`, for clients that hold many streams at once (the load generator).
+
+One gRPC stream per request, as in the synchronous helper: the request goes out, responses are yielded as
+they arrive until Triton's final (empty) response, and leaving early cancels the request on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.utils import InferenceServerException
+
+from client.triton_stream import ServerError, ServerUnavailable, make_input
+
+
+async def connect_async(url: str, model: str) -> grpcclient_aio.InferenceServerClient:
+    """An asyncio client for `url`, checked to reach a live server with `model` ready."""
+    client = grpcclient_aio.InferenceServerClient(url)
+    try:
+        ready = await client.is_server_live() and await client.is_model_ready(model)
+    except InferenceServerException as exc:
+        await client.close()
+        raise ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {exc.message()}") from exc
+    if not ready:
+        await client.close()
+        raise ServerUnavailable(f"model {model!r} is not ready on the Triton server at {url}")
+    return client
+
+
+async def stream_async(
+    client: grpcclient_aio.InferenceServerClient,
+    model: str,
+    inputs: Mapping[str, object],
+    outputs: tuple[str, ...],
+    timeout_s: float = 600.0,
+) -> AsyncIterator[dict[str, np.ndarray]]:
+    """Send one request on a new stream and yield each non-final response's outputs as they arrive."""
+    finished = asyncio.Event()
+
+    async def requests():
+        yield {
+            "model_name": model,
+            "inputs": [make_input(name, value) for name, value in inputs.items()],
+            "parameters": {"triton_enable_empty_final_response": True},
+        }
+        await finished.wait()  # keep our side of the stream open until the last response
+
+    responses = client.stream_infer(requests(), stream_timeout=timeout_s)
+    try:
+        async for result, error in responses:
+            if error is not None:
+                raise ServerError(f"{model}: {error.message()}")
+            data = {name: result.as_numpy(name) for name in outputs if result.as_numpy(name) is not None}
+            if data:
+                yield data
+            final = result.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                return
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise ServerError(f"{model}: no complete answer within {timeout_s:.0f} s") from exc
+        raise ServerError(f"{model}: {exc.details()}") from exc
+    finally:
+        finished.set()
+        responses.cancel()
