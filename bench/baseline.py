@@ -1,0 +1,67 @@
+"""The baseline: the original server's loop, eager PyTorch, one request at a time, the whole answer at once.
+
+prompt -> generate (`generate_long`, the original's iterative prompt) -> codec decode, in one worker thread:
+requests that arrive together wait in line, as they do at the original server. Not streamed, so its time
+to first audio is its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from bench.workload import RequestRecord, RequestSpec
+from fish_speech_triton.codec.checkpoint import load_codec
+from fish_speech_triton.codec.config import load_codec_config
+from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.lm.long_form import generate_long
+from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint
+
+
+class EagerBaseline:
+    name = "baseline"
+
+    def __init__(self, checkpoint: RandomCheckpoint, max_new_tokens: int, chunk_length: int) -> None:
+        self.model, self.tokenizer = load_lm(checkpoint.lm_dir)
+        config_name = None if checkpoint.codec_config else "firefly_gan_vq"
+        self.codec = load_codec(
+            checkpoint.codec_path, load_codec_config(config_name, checkpoint.codec_config)
+        )
+        self.params = SamplingParams(max_new_tokens=max_new_tokens)
+        self.chunk_length = chunk_length
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseline")
+
+    @torch.inference_mode()
+    def synthesize(self, text: str, seed: int) -> np.ndarray:
+        codes = generate_long(
+            self.model,
+            self.tokenizer,
+            text,
+            params=self.params,
+            generator=torch.Generator().manual_seed(seed),
+            chunk_length=self.chunk_length,
+        )
+        return self.codec.decode(codes[None])[0, 0].numpy()
+
+    async def run(self, spec: RequestSpec) -> RequestRecord:
+        record = RequestRecord(spec.index, started=time.perf_counter())
+        try:
+            audio = await asyncio.get_running_loop().run_in_executor(
+                self.worker, self.synthesize, spec.text, spec.seed
+            )
+            record.audio_seconds = audio.size / self.codec.sample_rate
+        except FishSpeechError as exc:
+            record.error = str(exc)
+        record.finished = time.perf_counter()
+        if record.error is None:
+            record.first_audio_at = record.finished
+        return record
+
+    def close(self) -> None:
+        self.worker.shutdown()

@@ -1,0 +1,250 @@
+"""Load test of the Triton service against the baseline (the original's eager, one-at-a-time loop), in one run.
+
+python -m bench.load --start-server                       # full-size random checkpoint, concurrency 1..16
+python -m bench.load --url 127.0.0.1:8001 --checkpoint-dir DIR
+python -m bench.load --start-server --quick               # a small run on a small random checkpoint
+
+Ours: the `ensemble` over gRPC streaming, c closed-loop clients. Baseline: the same requests (texts, seeds,
+MAX_NEW_TOKENS) through eager PyTorch in this process, one at a time, not streamed, on the same checkpoint.
+Per concurrency level: time to first audio p50/p90/p99, latency, real-time factor, audio seconds per wall
+second, errors, and ours / baseline. Writes OUTPUT_DIR/bench.json, bench.md and bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from bench.report import markdown_table, write_reports
+from bench.stats import ratios, summarize
+from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
+from client.triton_stream import DEFAULT_URL
+from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.hub import CODEC_FILE
+from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.make_random_checkpoint import (
+    CODEC_CONFIG_FILE,
+    RandomCheckpoint,
+    write_random_checkpoint,
+)
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fish-speech-triton"
+FULL = {"concurrency": "1,2,4,8,16", "max_new_tokens": 64, "size": "full"}
+QUICK = {"concurrency": "1,2", "max_new_tokens": 8, "size": "small"}
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError as exc:
+        raise FishSpeechError(f"--concurrency must be comma-separated integers, got {text!r}") from exc
+    if not levels or levels[0] < 1:
+        raise FishSpeechError(f"--concurrency levels must be at least 1, got {text!r}")
+    return levels
+
+
+def bench_checkpoint(directory: Path | None, size: str) -> RandomCheckpoint:
+    """The checkpoint in `directory` (LM files + codec generator [+ codec.json]), or a cached random one."""
+    if directory is None:
+        return write_random_checkpoint(CACHE_DIR / f"random-{size}", size)
+    if not (directory / CODEC_FILE).is_file():
+        raise FishSpeechError(
+            f"{directory} has no {CODEC_FILE}: give a directory with the LM and codec files"
+        )
+    config = directory / CODEC_CONFIG_FILE
+    return RandomCheckpoint(directory, directory / CODEC_FILE, config if config.is_file() else None)
+
+
+@contextmanager
+def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: int) -> Iterator[str]:
+    """The gRPC address to load: --url, or a tritonserver started here on the benchmark's checkpoint."""
+    if not args.start_server:
+        yield args.url
+        return
+    from export.build_repository import RepositoryOptions
+    from fish_speech_triton.serve import ensure_repository
+    from fish_speech_triton.triton_server import TritonServer
+
+    opts = RepositoryOptions(
+        llama_checkpoint=checkpoint.lm_dir,
+        decoder_checkpoint=checkpoint.codec_path,
+        decoder_config_name=None if checkpoint.codec_config else "firefly_gan_vq",
+        decoder_config=checkpoint.codec_config,
+        output_dir=(args.output_dir / "model_repository").resolve(),
+        kv_slots=kv_slots,
+    )
+    ensure_repository(opts)
+    log = args.output_dir / "tritonserver.log"
+    print(f"[bench] starting tritonserver (kv_slots {kv_slots}, log {log})", file=sys.stderr, flush=True)
+    with TritonServer(opts.output_dir, log_file=log) as server:
+        yield server.grpc_url
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What both runs send: at each level c, c x rounds requests of max_new_tokens frames."""
+
+    levels: list[int]
+    rounds: int
+    max_new_tokens: int
+    chunk_length: int
+
+
+async def sweep(target: Target, plan: Plan) -> list[LevelRun]:
+    print(f"[bench] {target.name}: warm-up request", file=sys.stderr, flush=True)
+    await target.run(WARMUP)
+    return [await run_level(target, c, request_specs(c * plan.rounds)) for c in plan.levels]
+
+
+def warn_if_other_checkpoint(url: str, checkpoint: RandomCheckpoint) -> None:
+    """Ratios only mean something on the same weights: say so when the server names another checkpoint."""
+    try:
+        config = grpcclient.InferenceServerClient(url).get_model_config("llama_semantic", as_json=True)
+        served = config["config"]["parameters"]["checkpoint_dir"]["string_value"]
+    except (InferenceServerException, KeyError):
+        return  # unreachable (reported by the run itself) or a server that does not say
+    if Path(served).resolve() != checkpoint.lm_dir.resolve():
+        print(
+            f"[bench] WARNING: the server serves {served}, the baseline runs {checkpoint.lm_dir}; "
+            "ratios compare different weights unless these are copies",
+            file=sys.stderr,
+        )
+
+
+async def sweep_ours(url: str, plan: Plan) -> list[LevelRun]:
+    from bench.triton_target import TritonTarget
+
+    target = await TritonTarget.connect(url, plan.max_new_tokens, plan.chunk_length)
+    try:
+        return await sweep(target, plan)
+    finally:
+        await target.close()
+
+
+def sweep_baseline(checkpoint: RandomCheckpoint, plan: Plan) -> list[LevelRun]:
+    from bench.baseline import EagerBaseline
+
+    print(f"[bench] baseline: loading {checkpoint.lm_dir} in this process", file=sys.stderr, flush=True)
+    target = EagerBaseline(checkpoint, plan.max_new_tokens, plan.chunk_length)
+    try:
+        return asyncio.run(sweep(target, plan))
+    finally:
+        target.close()
+
+
+def build_report(settings: dict, ours: list[LevelRun], baseline: list[LevelRun]) -> dict:
+    by_level: dict[int, dict] = {}
+    for run in [*ours, *baseline]:
+        level = by_level.setdefault(run.concurrency, {"concurrency": run.concurrency})
+        level[run.target] = summarize(run)
+        level.setdefault("records", {})[run.target] = [
+            {
+                "index": r.index,
+                "ttfa_s": r.ttfa,
+                "latency_s": r.latency,
+                "audio_s": r.audio_seconds,
+                "error": r.error,
+            }
+            for r in run.records
+        ]
+    for level in by_level.values():
+        if "ours" in level and "baseline" in level:
+            level["ratio"] = ratios(level["ours"], level["baseline"])
+    title = (
+        f"fish-speech-triton bench, {settings['checkpoint']} ({settings['checkpoint_kind']}), "
+        f"MAX_NEW_TOKENS {settings['max_new_tokens']}, {os.cpu_count()} CPU cores"
+    )
+    return {"title": title, "settings": settings, "levels": [by_level[c] for c in sorted(by_level)]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", default=DEFAULT_URL, help=f"a running server's gRPC address (default {DEFAULT_URL})"
+    )
+    where.add_argument(
+        "--start-server", action="store_true", help="build the repository and run tritonserver here"
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="LM files + codec generator (+ codec.json); the server at --url must serve the same. "
+        f"Default: a random checkpoint written once to {CACHE_DIR} (full size; small with --quick)",
+    )
+    parser.add_argument(
+        "--concurrency", help=f"levels (default {FULL['concurrency']}; --quick {QUICK['concurrency']})"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="requests per client per level (level c sends c x rounds)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"frames per request, both runs (default {FULL['max_new_tokens']}; --quick {QUICK['max_new_tokens']})",
+    )
+    parser.add_argument("--chunk-length", type=int, default=200, help="text segment length, both runs")
+    parser.add_argument(
+        "--kv-slots", type=int, help="with --start-server: LM slots (default: the largest level)"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="measure ours only (no ratios)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small run: levels 1,2, 8 frames, small checkpoint"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("build") / "bench", help="reports (and the repository)"
+    )
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    plan = Plan(
+        levels=parse_levels(args.concurrency or preset["concurrency"]),
+        rounds=args.rounds,
+        max_new_tokens=args.max_new_tokens or preset["max_new_tokens"],
+        chunk_length=args.chunk_length,
+    )
+    if plan.rounds < 1 or plan.max_new_tokens < 1:
+        raise FishSpeechError("--rounds and --max-new-tokens must be at least 1")
+    checkpoint = bench_checkpoint(args.checkpoint_dir, preset["size"])
+    kv_slots = args.kv_slots or max(plan.levels)
+    settings = {
+        "command": " ".join(["python -m bench.load", *(argv if argv is not None else sys.argv[1:])]),
+        "checkpoint": str(checkpoint.lm_dir),
+        "checkpoint_kind": "given" if args.checkpoint_dir else f"random {preset['size']}",
+        **asdict(plan),
+        "server": f"started here, kv_slots {kv_slots}, other options default"
+        if args.start_server
+        else args.url,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads (baseline)",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    started = time.perf_counter()
+    with serving(args, checkpoint, kv_slots) as url:
+        if not args.start_server and not args.no_baseline:
+            warn_if_other_checkpoint(url, checkpoint)
+        ours = asyncio.run(sweep_ours(url, plan))
+    baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan)
+    settings["duration_s"] = time.perf_counter() - started
+    report = build_report(settings, ours, baseline)
+    paths = write_reports(report, args.output_dir)
+    print(markdown_table(report))
+    print(
+        f"[bench] wrote {', '.join(str(p) for p in paths)} in {settings['duration_s']:.0f} s", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
