@@ -13,10 +13,15 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fish_speech_triton.lm.config import DualARConfig
 
 KVUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+# cuDNN attention (chosen for bf16 on Hopper) plans anew for every key length, i.e. every decode step,
+# which costs ~1 ms of CPU per call; the other backends compute the same thing without that.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class RMSNorm(nn.Module):
@@ -261,9 +266,10 @@ class DualARTransformer(nn.Module):
         rope = self._slow_rope[input_pos]
         key_pos = torch.arange(kv_len, device=input_pos.device)
         mask = (key_pos <= input_pos[..., None])[:, None]
-        for layer, cache in zip(self.layers, self._slow_caches, strict=True):
-            update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
-            x = layer(x, rope, update, mask)
+        with sdpa_kernel(_SDPA_BACKENDS):
+            for layer, cache in zip(self.layers, self._slow_caches, strict=True):
+                update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
+                x = layer(x, rope, update, mask)
         hidden = x[:, -1]
         normed = self.norm(hidden)
         logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)
@@ -286,6 +292,7 @@ class DualARTransformer(nn.Module):
             x = self.fast_project_in(x)
         x = x[:, None]
         rope = self._fast_rope[pos].expand(x.shape[0], 1, -1, -1)
-        for layer, cache in zip(self.fast_layers, self._fast_caches, strict=True):
-            x = layer(x, rope, partial(cache.update, pos=pos), None)
+        with sdpa_kernel(_SDPA_BACKENDS):
+            for layer, cache in zip(self.fast_layers, self._fast_caches, strict=True):
+                x = layer(x, rope, partial(cache.update, pos=pos), None)
         return self.fast_output(self.fast_norm(x[:, 0]))
