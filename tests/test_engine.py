@@ -138,3 +138,19 @@ def test_bad_requests_are_refused_before_admission(engine, kwargs, message):
     with pytest.raises(InputError, match=message):
         engine.submit(GenerationRequest(params=GREEDY, **kwargs), CollectingSink())
     assert engine.pending_count == 0
+
+
+def test_a_failing_load_hook_does_not_stop_the_engine(lm_small, lm_single_thread):
+    model, tokenizer = lm_small
+    calls = []
+
+    def broken(pending: int, active: int) -> None:
+        calls.append((pending, active))
+        raise RuntimeError("metrics backend gone")
+
+    engine = SemanticEngine(model, tokenizer, num_slots=2, on_load=broken)
+    try:
+        codes = generate_codes(engine, [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS[:3]])
+    finally:
+        engine.stop()
+    assert all(c.shape[1] > 0 for c in codes) and calls

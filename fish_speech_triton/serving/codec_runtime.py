@@ -24,14 +24,21 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 
 
-def _providers(device: str) -> list[str]:
-    if device == "cuda":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "tensorrt":
-        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+def _providers(device: str) -> list:
+    """onnxruntime providers for `cpu`, `cuda[:N]` or `tensorrt[:N]` (CPU stays as the fallback)."""
+    kind, _, index = device.partition(":")
+    options = {"device_id": int(index)} if index.isdigit() else {}
+    if kind == "cuda":
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+    if kind == "tensorrt":
+        return [
+            ("TensorrtExecutionProvider", options),
+            ("CUDAExecutionProvider", options),
+            "CPUExecutionProvider",
+        ]
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    raise InputError(f"unknown codec device {device!r}: expected cpu, cuda or tensorrt")
+    raise InputError(f"unknown codec device {device!r}: expected cpu, cuda[:N] or tensorrt[:N]")
 
 
 def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # -> onnxruntime.InferenceSession

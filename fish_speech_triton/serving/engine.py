@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +35,8 @@ from fish_speech_triton.lm.long_form import HISTORY_RESERVE, select_history, tex
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.prompt import PromptBuilder, Reference
 from fish_speech_triton.lm.tokenizer import FishTokenizer
+
+logger = logging.getLogger(__name__)
 
 # Frames of left context sent before each chunk's new frames (the decoder needs >= 12 for an exact result).
 CONTEXT_FRAMES = 16
@@ -126,7 +129,9 @@ class SemanticEngine:
         stream_chunk_frames: int = 32,
         prefix_cache_size: int = 16,
         max_seq_len: int | None = None,
+        on_load: Callable[[int, int], None] | None = None,
     ) -> None:
+        """`on_load(pending, active)` is called from the scheduler thread whenever either count changes."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.embeddings.weight.device
@@ -142,6 +147,8 @@ class SemanticEngine:
         self._pending: collections.deque[tuple[GenerationRequest, Sink]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._on_load = on_load
+        self._load = (0, 0)
         self._thread = threading.Thread(target=self._run, name="semantic-engine", daemon=True)
         self._thread.start()
 
@@ -183,23 +190,44 @@ class SemanticEngine:
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
-                with self._cond:
-                    while not self._stopping and not self._pending and not self._active:
-                        self._cond.wait()
-                    if self._stopping:
+                try:
+                    if not self._iterate():
                         break
-                    admitted = []
-                    while self._pending and self._free:
-                        admitted.append((*self._pending.popleft(), self._free.pop()))
-                for request, sink, slot in admitted:
-                    self._admit(request, sink, slot)
-                self._drop_cancelled()
-                if self._active:
-                    self._decode()
+                except Exception as exc:  # a bug must not stop the scheduler: fail what is in flight, go on
+                    logger.exception("semantic engine step failed")
+                    for seq in list(self._active.values()):
+                        self._finish(seq, exc)
         for seq in list(self._active.values()):
             self._finish(seq, RuntimeError("the server is shutting down"))
         for _, sink in self._pending:
             sink.close(RuntimeError("the server is shutting down"))
+
+    def _iterate(self) -> bool:
+        """Admit what fits, then one batched decode step; False once the engine is stopping."""
+        with self._cond:
+            while not self._stopping and not self._pending and not self._active:
+                self._cond.wait()
+            if self._stopping:
+                return False
+            admitted = []
+            while self._pending and self._free:
+                admitted.append((*self._pending.popleft(), self._free.pop()))
+        for request, sink, slot in admitted:
+            self._admit(request, sink, slot)
+        self._drop_cancelled()
+        self._report_load()
+        if self._active:
+            self._decode()
+        return True
+
+    def _report_load(self) -> None:
+        load = (len(self._pending), len(self._active))
+        if self._on_load is not None and load != self._load:
+            self._load = load
+            try:
+                self._on_load(*load)
+            except Exception:  # metrics are best effort; serving goes on
+                logger.exception("reporting the engine load failed")
 
     def _admit(self, request: GenerationRequest, sink: Sink, slot: int) -> None:
         chunk = request.stream_chunk_frames or self.stream_chunk_frames

@@ -61,6 +61,7 @@ class TritonPythonModel:
         checkpoint = Path(params["checkpoint_dir"])
         if not checkpoint.is_absolute():
             checkpoint = version_dir(args) / checkpoint
+        self._load_gauges(args)
         self.model, self.tokenizer = load_lm(
             checkpoint, device=device, dtype=DTYPES[params.get("precision", "fp32")]
         )
@@ -74,7 +75,29 @@ class TritonPythonModel:
             first_chunk_frames=int(params.get("first_chunk_frames", "8")),
             stream_chunk_frames=int(params.get("stream_chunk_frames", "32")),
             prefix_cache_size=int(params.get("prefix_cache_size", "16")),
+            on_load=self._report_load,
         )
+
+    def _load_gauges(self, args):
+        """Prometheus gauges of the engine's queue and batch (the HPA scales on the queue).
+
+        The families are kept on the model: Triton drops a metric whose family is garbage-collected.
+        """
+        labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
+        self._metric_families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
+            for name, text in (
+                ("fish_speech_lm_pending_requests", "Requests waiting for a free KV-cache slot"),
+                ("fish_speech_lm_active_sequences", "Sequences decoded together in the current batch"),
+            )
+        ]
+        self._pending_gauge, self._active_gauge = (
+            family.Metric(labels=labels) for family in self._metric_families
+        )
+
+    def _report_load(self, pending, active):
+        self._pending_gauge.set(pending)
+        self._active_gauge.set(active)
 
     def _encode(self, audio, sample_rate):
         """Reference audio -> codes through the repository's encoder model (a BLS call)."""

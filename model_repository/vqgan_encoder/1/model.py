@@ -5,6 +5,7 @@ import triton_python_backend_utils as pb_utils
 
 from fish_speech_triton.serving.codec_runtime import SAMPLE_RATE, OnnxEncoder
 from fish_speech_triton.serving.triton_io import (
+    device_of,
     error_response,
     input_array,
     model_parameters,
@@ -18,7 +19,7 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.encoder = OnnxEncoder(
             version_dir(args) / params["onnx_file"],
-            device=params.get("device", "cpu"),
+            device=device_of(args, params.get("device", "cpu")),
             threads=int(params.get("intra_op_threads", "0")),
             max_seconds=float(params.get("max_reference_seconds", "90")),
         )
