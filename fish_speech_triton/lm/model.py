@@ -106,12 +106,16 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class SlotKVCache:
-    """Keys and values of one slow layer: `[num_slots, n_local_heads, max_seq_len, head_dim]` each."""
+class KVCache:
+    """Keys and values of one layer, `[rows, heads, positions, head_dim]` each."""
 
     def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> None:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+
+class SlotKVCache(KVCache):
+    """A slow layer's cache: one row per slot, `[num_slots, n_local_heads, max_seq_len, head_dim]`."""
 
     def update(
         self, k: Tensor, v: Tensor, *, slots: Tensor, input_pos: Tensor, kv_len: int
@@ -123,12 +127,8 @@ class SlotKVCache:
         return self.k[slots, :, :kv_len], self.v[slots, :, :kv_len]
 
 
-class FastKVCache:
-    """Keys and values of one fast layer for up to `max_batch` rows: `[max_batch, H, num_codebooks, D]`."""
-
-    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> None:
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+class FastKVCache(KVCache):
+    """A fast layer's cache for up to `max_batch` rows: `[max_batch, H, num_codebooks, D]`, reused every frame."""
 
     def update(self, k: Tensor, v: Tensor, *, pos: int) -> tuple[Tensor, Tensor]:
         """Write `k, v [B, 1, H, D]` at position `pos`; return positions `0..pos` (earlier ones from this frame)."""
