@@ -1,0 +1,226 @@
+"""The gateway's ASGI app: routes, API-key check, error answers and the WebUI's static files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from fish_speech_triton.errors import FishSpeechError, InputError
+from fish_speech_triton.gateway.asgi import AudioStream, BearerAuth, unless_client_leaves
+from fish_speech_triton.gateway.encoding import MEDIA_TYPES, encode_audio, pcm16, wav_header
+from fish_speech_triton.gateway.options import GatewaySettings
+from fish_speech_triton.gateway.schemas import (
+    DecodeRequest,
+    EncodeRequest,
+    Sampling,
+    SpeechRequest,
+    TTSRequest,
+    parse,
+)
+from fish_speech_triton.gateway.synthesis import Synthesizer
+from fish_speech_triton.gateway.triton import TritonBackend
+from fish_speech_triton.gateway.wire import error_response, packed, read_body
+from fish_speech_triton.serving.codec_runtime import validate_codes
+from fish_speech_triton.serving.references import ReferenceStore
+
+log = logging.getLogger("fish_speech_triton.gateway")
+
+WEBUI_DIR = Path(__file__).parent / "webui"
+# OpenAI's built-in voice names: clients send them by default; without a stored voice of that name they
+# get the model's own voice.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
+)
+
+
+def _voices_are_encoded_by_triton(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    raise InputError("the gateway only lists stored voices; Triton's llama_semantic encodes them")
+
+
+def _synthesizer(request: Request) -> Synthesizer:
+    return request.app.state.synthesizer
+
+
+def _attachment(audio_format: str) -> dict[str, str]:
+    return {"Content-Disposition": f"attachment; filename=audio.{audio_format}"}
+
+
+async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncIterator[np.ndarray]):
+    yield header
+    if first is not None:
+        yield pcm16(first).tobytes()
+        async for chunk in rest:
+            yield pcm16(chunk).tobytes()
+
+
+async def _first(chunks: AsyncIterator[np.ndarray]) -> np.ndarray | None:
+    async for chunk in chunks:
+        return chunk
+    return None
+
+
+async def _speak(request: Request, tts_request: TTSRequest) -> Response:
+    """Run a checked TTS request: a complete file, or (streaming) a header and PCM as chunks arrive.
+
+    A stream's status is sent with its first audio, so failures before any audio still get a 500.
+    """
+    synthesizer = _synthesizer(request)
+    inputs = await synthesizer.inputs(tts_request)
+    audio_format = tts_request.format
+    if tts_request.streaming:
+        chunks = synthesizer.chunks(inputs)
+        first = await unless_client_leaves(request, _first(chunks))
+        header = wav_header() if audio_format == "wav" else b""
+        return AudioStream(
+            _pcm_stream(header, first, chunks),
+            media_type=MEDIA_TYPES[audio_format],
+            headers=_attachment(audio_format),
+        )
+    audio = await unless_client_leaves(request, synthesizer.audio(inputs))
+    data = await asyncio.to_thread(encode_audio, audio, audio_format)
+    return Response(data, media_type=MEDIA_TYPES[audio_format], headers=_attachment(audio_format))
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def tts(request: Request) -> Response:
+    """The original `POST /v1/tts`."""
+    payload, _ = await read_body(request)
+    tts_request = parse(TTSRequest, payload)
+    if tts_request.streaming and tts_request.format != "wav":
+        raise InputError(f"streaming only supports the wav format, got {tts_request.format!r}")
+    return await _speak(request, tts_request)
+
+
+async def speech(request: Request) -> Response:
+    """OpenAI's `POST /v1/audio/speech`: `voice` is a stored reference id or one of OpenAI's names."""
+    payload, _ = await read_body(request, msgpack_allowed=False)
+    body = parse(SpeechRequest, payload)
+    if body.stream and body.response_format not in ("wav", "pcm"):
+        raise InputError(f"stream only supports wav and pcm, got {body.response_format!r}")
+    synthesizer = _synthesizer(request)
+    voice = (body.voice or "").strip()
+    if voice.lower() in OPENAI_VOICES and voice not in synthesizer.voice_ids():
+        voice = ""
+    tts_request = TTSRequest(
+        text=body.input,
+        format=body.response_format,
+        streaming=body.stream,
+        reference_id=voice or None,
+        **body.model_dump(include=set(Sampling.model_fields)),
+    )
+    return await _speak(request, tts_request)
+
+
+async def vqgan_encode(request: Request) -> Response:
+    """`{audios: [file bytes]}` -> `{tokens: [[8][frames]]}` through `vqgan_encoder`."""
+    payload, media = await read_body(request)
+    body = parse(EncodeRequest, payload)
+    synthesizer = _synthesizer(request)
+    codes = await asyncio.gather(
+        *(synthesizer.encode(data, f"audios[{index}]") for index, data in enumerate(body.audios))
+    )
+    return packed({"tokens": [item.tolist() for item in codes]}, media)
+
+
+async def vqgan_decode(request: Request) -> Response:
+    """`{tokens: [[8][frames]]}` -> `{audios: [float16 PCM bytes at 44.1 kHz]}` through `vqgan_decoder`."""
+    payload, media = await read_body(request)
+    body = parse(DecodeRequest, payload)
+    codes = []
+    for index, item in enumerate(body.tokens):
+        try:
+            array = np.array(item, dtype=np.int64)
+        except (ValueError, OverflowError) as exc:
+            raise InputError(
+                f"tokens[{index}] must be [8][frames] integers with rows of equal length"
+            ) from exc
+        codes.append(validate_codes(array, f"tokens[{index}]"))
+    synthesizer = _synthesizer(request)
+    audios = await asyncio.gather(*(synthesizer.decode(item) for item in codes))
+    return packed({"audios": [audio.astype(np.float16).tobytes() for audio in audios]}, media)
+
+
+async def list_references(request: Request) -> Response:
+    """The stored voices the gateway sees (empty without --references-dir); the WebUI offers them."""
+    return JSONResponse({"reference_ids": _synthesizer(request).voice_ids()})
+
+
+async def webui(request: Request) -> Response:
+    return FileResponse(WEBUI_DIR / "index.html")
+
+
+async def _input_error(request: Request, exc: Exception) -> Response:
+    return error_response(request.url.path, HTTPStatus.BAD_REQUEST, str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # 401, 404, 405, 415: Starlette's routing and read_body
+    return error_response(request.url.path, exc.status_code, exc.detail)
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody reads it: the connection is gone
+
+
+async def _failure(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, FishSpeechError):
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        message = f"generation failed: {exc}"
+    else:
+        log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+        message = f"internal error ({type(exc).__name__}); see the gateway's log"
+    return error_response(request.url.path, HTTPStatus.INTERNAL_SERVER_ERROR, message)
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        # The asyncio gRPC channel belongs to the server's event loop: open it there.
+        backend = TritonBackend(settings.triton_url)
+        voices = None
+        if settings.references_dir is not None:
+            voices = ReferenceStore(settings.references_dir, _voices_are_encoded_by_triton)
+        app.state.synthesizer = Synthesizer(backend, voices, settings.max_text_length)
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    routes = [
+        Route("/", webui, methods=["GET"]),
+        Mount("/webui", StaticFiles(directory=WEBUI_DIR), name="webui"),
+        Route("/v1/health", health, methods=["GET", "POST"]),
+        Route("/v1/tts", tts, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/vqgan/encode", vqgan_encode, methods=["POST"]),
+        Route("/v1/vqgan/decode", vqgan_decode, methods=["POST"]),
+        Route("/v1/references/list", list_references, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BearerAuth, api_key=settings.api_key)],
+        exception_handlers={
+            InputError: _input_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _client_left,
+            FishSpeechError: _failure,  # Triton failed or is unreachable
+            Exception: _failure,  # a bug: logged with its traceback, the user gets one line
+        },
+        lifespan=lifespan,
+    )

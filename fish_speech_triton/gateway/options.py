@@ -1,0 +1,42 @@
+"""The gateway's settings and the command-line options that set them (shared by the gateway's own command
+and `python -m fish_speech_triton.serve --api-listen`). Light to import: no web or gRPC modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+API_KEY_ENV = "FISH_SPEECH_API_KEY"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_url: str = "127.0.0.1:8001"
+    api_key: str | None = None
+    max_text_length: int = 0  # 0: no limit
+    references_dir: Path | None = None  # the Triton server's references/ folder, to list and check voices
+
+
+def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options other than where the gateway listens and which Triton it talks to."""
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on the HTTP API (default: ${API_KEY_ENV}, else no key)",
+    )
+    parser.add_argument(
+        "--max-text-length", type=int, default=0, help="refuse longer texts with 400 (0: no limit)"
+    )
+
+
+def gateway_settings(
+    args: argparse.Namespace, triton_url: str, references_dir: Path | None
+) -> GatewaySettings:
+    return GatewaySettings(
+        triton_url=triton_url,
+        api_key=args.api_key or None,
+        max_text_length=max(0, args.max_text_length),
+        references_dir=references_dir,
+    )

@@ -1,0 +1,74 @@
+"""Bodies and errors on the wire: msgpack or JSON in, the same format out, errors as the original shapes them.
+
+Fish-Speech endpoints answer errors as `{"statusCode", "error", "message"}` (the original server's shape);
+the OpenAI endpoint as `{"error": {"message", "type", ...}}`, the shape OpenAI clients parse.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from http import HTTPStatus
+
+import msgpack
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from fish_speech_triton.errors import InputError
+
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+JSON_TYPE = "application/json"
+OPENAI_PREFIX = "/v1/audio/"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[dict, str]:
+    """The request body as a dict, and its media type (answers go back in the same format)."""
+    media = media_type(request)
+    allowed = (MSGPACK_TYPES if msgpack_allowed else frozenset()) | {JSON_TYPE}
+    if media not in allowed:
+        names = "application/msgpack or application/json" if msgpack_allowed else JSON_TYPE
+        raise HTTPException(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {names}, got {media or 'none'!r}"
+        )
+    body = await request.body()
+    try:
+        payload = json.loads(body) if media == JSON_TYPE else msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise InputError(
+            f"the body is not valid {'JSON' if media == JSON_TYPE else 'msgpack'}: {exc}"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise InputError(f"the body must be an object (a map), got {type(payload).__name__}")
+    return payload, media
+
+
+def _jsonable(value: object) -> object:
+    """JSON has no bytes: they travel base64-encoded, as in requests."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def packed(payload: dict, media: str) -> Response:
+    """`payload` in the request's format: msgpack for msgpack requests, JSON (bytes as base64) otherwise."""
+    if media in MSGPACK_TYPES:
+        return Response(msgpack.packb(payload, use_bin_type=True), media_type="application/msgpack")
+    return JSONResponse(_jsonable(payload))
+
+
+def error_response(path: str, status: int, message: str) -> JSONResponse:
+    if path.startswith(OPENAI_PREFIX):
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        body = {"statusCode": int(status), "error": HTTPStatus(status).phrase, "message": message}
+    return JSONResponse(body, status_code=status)
