@@ -19,6 +19,7 @@ from pathlib import Path
 
 from export.build_repository import RepositoryOptions, add_arguments, build_repository, options_from_args
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.tools.cli import run_cli
 from fish_speech_triton.triton_server import TritonServer
 
@@ -38,10 +39,10 @@ def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
     return opts.output_dir
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
-        raise FishSpeechError(f"--listen must be HOST:PORT, got {value!r}")
+        raise FishSpeechError(f"{option} must be HOST:PORT, got {value!r}")
     return host, int(port)
 
 
@@ -62,7 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rebuild", action="store_true", help="rebuild the repository even if it looks current"
     )
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument(
+        "--api-listen",
+        metavar="HOST:PORT",
+        help="also serve the Fish-Speech HTTP API, OpenAI's /v1/audio/speech and the WebUI here",
+    )
+    add_gateway_arguments(parser)
     args = parser.parse_args(argv)
+    api_address = parse_listen(args.api_listen, "--api-listen") if args.api_listen else None
 
     if args.demo and not (args.llama_checkpoint_path or args.decoder_checkpoint_path):
         from fish_speech_triton.tools.make_random_checkpoint import write_random_checkpoint
@@ -92,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"[serve] starting tritonserver: HTTP {host}:{http_port}  gRPC {host}:{args.grpc_port}",
         file=sys.stderr,
     )
+    gateway = None
     try:
         server.start()
         print(
@@ -100,8 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if api_address is not None:
+            from fish_speech_triton.gateway.server import GatewayThread  # web stack only when asked for
+
+            references = opts.references_dir or opts.output_dir / "references"  # the builder's default
+            settings = gateway_settings(args, server.grpc_url, references)
+            gateway = GatewayThread(settings, *api_address).start()
+            print(f"[serve] Fish-Speech HTTP API and WebUI on {gateway.url}", file=sys.stderr, flush=True)
         return server.wait()
     finally:
+        if gateway is not None:
+            gateway.stop()
         server.stop()
 
 
