@@ -65,7 +65,7 @@ def _bad_npy(tmp_path: Path, name: str, array: np.ndarray) -> Path:
         ),
         (lambda d: _bad_npy(d, "flat.npy", np.zeros(80, np.int32)), "must have shape"),
         (lambda d: _bad_npy(d, "float.npy", np.zeros((8, 10), np.float32)), "must be integers"),
-        (lambda d: _bad_npy(d, "range.npy", np.full((8, 10), 1000, np.int64)), r"must be in \[0, 1000\)"),
+        (lambda d: _bad_npy(d, "range.npy", np.full((8, 10), 1024, np.int64)), r"must be in \[0, 1024\)"),
         (lambda d: (d / "text.npy").write_text("nope") and d / "text.npy", "cannot read codes file"),
     ],
 )

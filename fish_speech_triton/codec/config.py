@@ -72,6 +72,16 @@ class CodecConfig:
         """Number of code values per group: the product of the FSQ levels (1000 for firefly_gan_vq)."""
         return math.prod(self.quantizer.levels)
 
+    @property
+    def code_space(self) -> int:
+        """Codes the decoder accepts per group: [0, next power of two >= codebook_size), 1024 here.
+
+        That is the LM's codebook_size (the `8x1024` of the checkpoint's name). The encoder only makes codes
+        below codebook_size, but the LM can emit any of the 1024; the FSQ index formula wraps their digits
+        (`(i // basis) mod levels`), as the original decoder does, so every LM output decodes.
+        """
+        return 1 << (self.codebook_size - 1).bit_length()
+
 
 _SECTIONS: dict[str, type] = {
     "spec_transform": SpecTransformConfig,

@@ -121,6 +121,7 @@ class FireflyCodec(nn.Module):
         self.hop_length = self.samples_per_frame
         self.num_groups = config.quantizer.n_groups
         self.codebook_size = config.codebook_size
+        self.code_space = config.code_space
         self.latents_per_frame = math.prod(config.quantizer.downsample_factor)
         # Reflect padding needs more samples than it pads on either side.
         self.min_samples = max(self.spec_transform.pad_left, self.spec_transform.pad_right) + 1
@@ -198,8 +199,8 @@ class FireflyCodec(nn.Module):
             )
         if codes.shape[-1] == 0:
             raise InputError("codes must have at least one frame")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.code_space):
             raise InputError(
-                f"codes must be in [0, {self.codebook_size}), got values in [{int(codes.min())}, {int(codes.max())}]"
+                f"codes must be in [0, {self.code_space}), got values in [{int(codes.min())}, {int(codes.max())}]"
             )
         _check_lengths(lengths, codes.shape[0], 1, codes.shape[-1], "frames")

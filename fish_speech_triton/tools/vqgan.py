@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "Fish-Speech 1.5 codec (firefly_gan_vq). An audio input (any rate or channel count; mixed to mono and "
             "resampled to 44.1 kHz) is encoded to prompt codes, saved as an int32 [8, frames] .npy next to the "
             "output (same name, .npy suffix), and decoded back to the output wav. A .npy input (int [8, frames], "
-            "values in [0, 1000)) is decoded to the output wav."
+            "values in [0, 1024)) is decoded to the output wav."
         ),
         epilog="Example: python -m fish_speech_triton.tools.vqgan -i ref.wav -o ref_codes.wav  (writes ref_codes.npy)",
     )
@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def load_codes(path: Path, config: CodecConfig) -> np.ndarray:
-    """Read and check a codes .npy: 2-D, one row per group, integers in [0, codebook_size)."""
+    """Read and check a codes .npy: 2-D, one row per group, integers in [0, code_space)."""
     groups = config.quantizer.n_groups
     try:
         codes = np.load(path, allow_pickle=False)
@@ -87,9 +87,9 @@ def load_codes(path: Path, config: CodecConfig) -> np.ndarray:
         raise InputError(f"codes in {path} must have shape [{groups}, frames>0], got {list(codes.shape)}")
     if not np.issubdtype(codes.dtype, np.integer):
         raise InputError(f"codes in {path} must be integers, got dtype {codes.dtype}")
-    if codes.min() < 0 or codes.max() >= config.codebook_size:
+    if codes.min() < 0 or codes.max() >= config.code_space:
         raise InputError(
-            f"codes in {path} must be in [0, {config.codebook_size}), got values in [{codes.min()}, {codes.max()}]"
+            f"codes in {path} must be in [0, {config.code_space}), got values in [{codes.min()}, {codes.max()}]"
         )
     return codes.astype(np.int64)
 
