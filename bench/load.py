@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads (baseline)",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_at_start": os.getloadavg(),  # the machine may be shared: other work skews both runs
     }
     started = time.perf_counter()
     with serving(args, checkpoint, kv_slots) as url:
@@ -239,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours = asyncio.run(sweep_ours(url, plan))
     baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan)
     settings["duration_s"] = time.perf_counter() - started
+    settings["load_average_at_end"] = os.getloadavg()
     report = build_report(settings, ours, baseline)
     paths = write_reports(report, args.output_dir)
     print(markdown_table(report))
