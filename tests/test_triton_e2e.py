@@ -1,0 +1,312 @@
+"""End to end against a real tritonserver: every model of the repository, streaming, concurrency, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from triton_fixtures import FIRST_CHUNK_FRAMES, KV_SLOTS, STORED_VOICE, STORED_VOICE_TEXT, STREAM_CHUNK_FRAMES
+
+from client.triton_stream import ServerError, collect, infer, stream
+from fish_speech_triton.audio import synthetic_speech
+from fish_speech_triton.codec.checkpoint import load_codec
+from fish_speech_triton.codec.config import load_codec_config
+from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.lm.long_form import generate_long
+from fish_speech_triton.lm.prompt import Reference
+
+GREEDY = {"TOP_P": 1e-6, "REPETITION_PENALTY": 1.3, "MAX_NEW_TOKENS": 20}
+
+
+def greedy_inputs(text: str, **extra) -> dict[str, object]:
+    inputs: dict[str, object] = {"TEXT": text}
+    inputs["TOP_P"] = np.array([GREEDY["TOP_P"]], dtype=np.float32)
+    inputs["REPETITION_PENALTY"] = np.array([GREEDY["REPETITION_PENALTY"]], dtype=np.float32)
+    inputs["MAX_NEW_TOKENS"] = np.array([GREEDY["MAX_NEW_TOKENS"]], dtype=np.int32)
+    inputs["SEED"] = np.array([1], dtype=np.int64)
+    inputs.update(extra)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def client(triton_deployment):
+    return grpcclient.InferenceServerClient(triton_deployment.grpc_url)
+
+
+@pytest.fixture(scope="module")
+def codec(triton_deployment):
+    ckpt = triton_deployment.checkpoint
+    return load_codec(ckpt.codec_path, load_codec_config(None, ckpt.codec_config))
+
+
+@pytest.fixture(scope="module")
+def lm(triton_deployment):
+    return load_lm(triton_deployment.checkpoint.lm_dir)
+
+
+def offline_codes(lm, text: str, references=()) -> np.ndarray:
+    model, tokenizer = lm
+    params = SamplingParams(
+        top_p=GREEDY["TOP_P"],
+        repetition_penalty=GREEDY["REPETITION_PENALTY"],
+        max_new_tokens=GREEDY["MAX_NEW_TOKENS"],
+    )
+    codes = generate_long(
+        model,
+        tokenizer,
+        text,
+        references=references,
+        params=params,
+        generator=torch.Generator().manual_seed(1),
+    )
+    return codes.numpy()
+
+
+def offline_audio(codec, codes: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return codec.decode(torch.from_numpy(codes.astype(np.int64))[None])[0, 0].numpy()
+
+
+def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Codes of a llama_semantic stream with the context stripped, and (new frames, context) per chunk."""
+    result = collect(client, "llama_semantic", inputs, ("CODES", "CONTEXT_FRAMES"))
+    parts, layout = [], []
+    for chunk in result.chunks:
+        context = int(chunk["CONTEXT_FRAMES"][0])
+        parts.append(chunk["CODES"][:, context:])
+        layout.append((chunk["CODES"].shape[1] - context, context))
+    return np.concatenate(parts, axis=1), layout
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def test_encoder_codes_match_pytorch(client, codec):
+    audio = synthetic_speech(2.0, 44100, seed=4)
+    codes = infer(client, "vqgan_encoder", {"AUDIO": audio}, ("CODES",))["CODES"]
+    with torch.inference_mode():
+        expected, _ = codec.encode(torch.from_numpy(audio)[None, None])
+    mel_frames = audio.size // 512  # spec 1.2; codes: ceil(ceil(M / 2) / 2)
+    assert codes.dtype == np.int32 and codes.shape == (8, math.ceil(math.ceil(mel_frames / 2) / 2))
+    assert (codes == expected[0].numpy()).mean() >= 0.999
+
+
+def test_encoder_resamples_and_returns_empty_codes_without_audio(client):
+    audio = synthetic_speech(1.0, 16000, seed=2)
+    rate = np.array([16000], dtype=np.int32)
+    codes = infer(client, "vqgan_encoder", {"AUDIO": audio, "SAMPLE_RATE": rate}, ("CODES",))["CODES"]
+    assert codes.shape == (8, 22)  # 44100 samples -> 86 mel frames -> 22 code frames
+    empty = infer(client, "vqgan_encoder", {"SAMPLE_RATE": rate}, ("CODES",))["CODES"]
+    assert empty.shape == (8, 0)
+
+
+def test_decoder_audio_matches_pytorch_and_honours_context(client, codec):
+    codes = np.random.default_rng(0).integers(0, 1000, (8, 30)).astype(np.int32)
+    audio = infer(client, "vqgan_decoder", {"CODES": codes}, ("AUDIO",))["AUDIO"]
+    expected = offline_audio(codec, codes)
+    assert audio.shape == (30 * 2048,)
+    np.testing.assert_allclose(audio, expected, atol=1e-4)
+    tail = infer(
+        client, "vqgan_decoder", {"CODES": codes, "CONTEXT_FRAMES": np.array([16], np.int32)}, ("AUDIO",)
+    )["AUDIO"]
+    np.testing.assert_allclose(tail, expected[16 * 2048 :], atol=1e-4)
+
+
+def test_llama_semantic_greedy_codes_equal_offline_generation(client, lm):
+    text = "Hello from Triton, this is a test."
+    codes, layout = semantic_codes(client, greedy_inputs(text))
+    np.testing.assert_array_equal(codes, offline_codes(lm, text))
+    assert layout[0] == (FIRST_CHUNK_FRAMES, 0)
+    assert all(context == min(16, sum(n for n, _ in layout[:i])) for i, (_, context) in enumerate(layout))
+    assert all(n == STREAM_CHUNK_FRAMES for n, _ in layout[1:-1])
+
+
+def test_llama_semantic_with_reference_codes(client, lm):
+    ref_codes = np.random.default_rng(5).integers(0, 1000, (8, 10)).astype(np.int32)
+    ref_text = "The reference transcript."
+    inputs = greedy_inputs("Say this with the voice.", REFERENCE_CODES=ref_codes, REFERENCE_TEXT=ref_text)
+    codes, _ = semantic_codes(client, inputs)
+    reference = Reference(ref_text, torch.from_numpy(ref_codes).long())
+    np.testing.assert_array_equal(codes, offline_codes(lm, "Say this with the voice.", (reference,)))
+
+
+# ---------------------------------------------------------------------------------------------- ensemble
+
+
+def test_ensemble_streams_audio_equal_to_offline_decode(client, codec, lm):
+    text = "Streaming audio must be exact."
+    result = collect(client, "ensemble", greedy_inputs(text), ("AUDIO",))
+    assert len(result.chunks) >= 2
+    audio = result.concatenated("AUDIO")
+    codes = offline_codes(lm, text)
+    np.testing.assert_allclose(audio, offline_audio(codec, codes), atol=1e-4)
+
+
+def test_ensemble_with_reference_audio(client, codec, lm):
+    ref_audio = synthetic_speech(1.2, 24000, seed=9)
+    inputs = greedy_inputs(
+        "Clone this voice.",
+        REFERENCE_AUDIO=ref_audio,
+        REFERENCE_SAMPLE_RATE=np.array([24000], np.int32),
+        REFERENCE_TEXT="A short reference.",
+    )
+    audio = collect(client, "ensemble", inputs, ("AUDIO",)).concatenated("AUDIO")
+    ref_codes = infer(
+        client,
+        "vqgan_encoder",
+        {"AUDIO": ref_audio, "SAMPLE_RATE": np.array([24000], np.int32)},
+        ("CODES",),
+    )["CODES"]
+    reference = Reference("A short reference.", torch.from_numpy(ref_codes).long())
+    expected = offline_audio(codec, offline_codes(lm, "Clone this voice.", (reference,)))
+    np.testing.assert_allclose(audio, expected, atol=1e-4)
+
+
+def test_stored_reference_voice_is_encoded_once_and_cached(client, triton_deployment, codec, lm):
+    npy = triton_deployment.references_dir / STORED_VOICE / "sample.npy"
+    npy.unlink(missing_ok=True)
+    inputs = greedy_inputs("Speak as Alice.", REFERENCE_ID=STORED_VOICE)
+    audio = collect(client, "ensemble", inputs, ("AUDIO",)).concatenated("AUDIO")
+    assert npy.exists()
+    reference = Reference(STORED_VOICE_TEXT, torch.from_numpy(np.load(npy)).long())
+    expected = offline_audio(codec, offline_codes(lm, "Speak as Alice.", (reference,)))
+    np.testing.assert_allclose(audio, expected, atol=1e-4)
+
+
+def test_http_generate_stream(triton_deployment, codec, lm):
+    text = "Over HTTP too."
+    body = {
+        "TEXT": text,
+        "TOP_P": GREEDY["TOP_P"],
+        "REPETITION_PENALTY": GREEDY["REPETITION_PENALTY"],
+        "MAX_NEW_TOKENS": GREEDY["MAX_NEW_TOKENS"],
+        "SEED": 1,
+    }
+    request = urllib.request.Request(
+        f"http://{triton_deployment.http_url}/v2/models/ensemble/generate_stream",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    chunks = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            if line.startswith(b"data:"):
+                event = json.loads(line[5:])
+                assert "error" not in event, event
+                chunks.append(np.asarray(event["AUDIO"], dtype=np.float32))
+    audio = np.concatenate(chunks)
+    np.testing.assert_allclose(audio, offline_audio(codec, offline_codes(lm, text)), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def test_eight_concurrent_streams_each_equal_their_solo_result(client, triton_deployment):
+    requests = [
+        greedy_inputs(
+            f"Request number {i} speaks.", REPETITION_PENALTY=np.array([1.0 + 0.1 * (i % 4)], np.float32)
+        )
+        for i in range(8)
+    ]
+
+    def run(inputs):
+        own = grpcclient.InferenceServerClient(triton_deployment.grpc_url)
+        return semantic_codes(own, inputs)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(run, requests))
+    for inputs, codes in zip(requests, together, strict=True):
+        np.testing.assert_array_equal(codes, run(inputs))
+
+
+def test_cancelled_stream_frees_its_slot(client, triton_deployment):
+    long = {**greedy_inputs("Go on for a long time."), "MAX_NEW_TOKENS": np.array([900], np.int32)}
+    long["REPETITION_PENALTY"] = np.array([1.0], np.float32)
+    for _ in range(KV_SLOTS + 1):  # more cancellations than slots: a leaked slot would block the last request
+        gen = stream(client, "llama_semantic", long, ("CODES",))
+        next(gen)
+        gen.close()  # cancels the request on the server
+    codes, _ = semantic_codes(client, greedy_inputs("Still served."))
+    assert codes.shape[1] > 0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+BAD_REQUESTS = [
+    ("vqgan_encoder", {"AUDIO": np.zeros(0, np.float32)}, "empty"),
+    ("vqgan_encoder", {"AUDIO": np.zeros(300, np.float32)}, "too short"),
+    ("vqgan_encoder", {"AUDIO": np.full(5000, np.nan, np.float32)}, "NaN"),
+    (
+        "vqgan_encoder",
+        {"AUDIO": np.zeros(5000, np.float32), "SAMPLE_RATE": np.array([1000], np.int32)},
+        "sample rate",
+    ),
+    ("vqgan_decoder", {"CODES": np.full((8, 4), 5000, np.int32)}, "out of range"),
+    (
+        "vqgan_decoder",
+        {"CODES": np.zeros((8, 4), np.int32), "CONTEXT_FRAMES": np.array([9], np.int32)},
+        "context",
+    ),
+    ("llama_semantic", {"TEXT": "   "}, "empty"),
+    ("llama_semantic", {"TEXT": b"\xff\xfe bad utf8"}, "UTF-8"),
+    ("llama_semantic", {"TEXT": "hi", "REFERENCE_TEXT": "no audio"}, "without reference"),
+    (
+        "llama_semantic",
+        {"TEXT": "hi", "REFERENCE_CODES": np.full((8, 3), 4096, np.int32), "REFERENCE_TEXT": "x"},
+        "REFERENCE_CODES",
+    ),
+    ("llama_semantic", {"TEXT": "hi", "REFERENCE_ID": "../etc"}, "invalid reference id"),
+    ("llama_semantic", {"TEXT": "hi", "REFERENCE_ID": "/abs"}, "invalid reference id"),
+    ("llama_semantic", {"TEXT": "hi", "REFERENCE_ID": "nobody"}, "unknown reference id"),
+    ("llama_semantic", {"TEXT": "hi", "TOP_P": np.array([0.0], np.float32)}, "top_p"),
+    ("llama_semantic", {"TEXT": "hi", "TEMPERATURE": np.array([2.5], np.float32)}, "temperature"),
+    (
+        "llama_semantic",
+        {"TEXT": "hi", "REPETITION_PENALTY": np.array([np.nan], np.float32)},
+        "repetition_penalty",
+    ),
+    ("llama_semantic", {"TEXT": "word " * 3000, "CHUNK_LENGTH": np.array([1000], np.int32)}, "holds at most"),
+    (
+        "ensemble",
+        {"TEXT": "hi", "REFERENCE_AUDIO": np.zeros(100, np.float32), "REFERENCE_TEXT": "x"},
+        "too short",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "message"), BAD_REQUESTS, ids=[f"{m}-{msg}" for m, _, msg in BAD_REQUESTS]
+)
+def test_bad_input_is_an_error_while_good_requests_go_on(client, triton_deployment, model, inputs, message):
+    good_result: list[np.ndarray] = []
+
+    def good():
+        own = grpcclient.InferenceServerClient(triton_deployment.grpc_url)
+        good_result.append(semantic_codes(own, greedy_inputs("A good request runs alongside."))[0])
+
+    worker = threading.Thread(target=good)
+    worker.start()
+    with pytest.raises(ServerError, match=message):
+        if model in ("llama_semantic", "ensemble"):
+            collect(client, model, inputs, ("CODES", "AUDIO"))
+        else:
+            infer(client, model, inputs, ("CODES", "AUDIO"))
+    worker.join(120)
+    assert good_result and good_result[0].shape[1] > 0
+
+
+def test_engine_load_is_exported_as_prometheus_gauges(client, triton_deployment):
+    semantic_codes(client, greedy_inputs("Count me."))
+    url = f"http://{triton_deployment.server.host}:{triton_deployment.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        metrics = response.read().decode()
+    for name in ("fish_speech_lm_pending_requests", "fish_speech_lm_active_sequences"):
+        assert f'{name}{{instance="llama_semantic_0_0",model="llama_semantic"}}' in metrics, name
