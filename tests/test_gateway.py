@@ -1,0 +1,451 @@
+"""The HTTP gateway in front of a real tritonserver: the original Fish-Speech API (msgpack and JSON, references,
+stored voices, every format), its streaming byte layout, every error code, the codec endpoints, OpenAI's
+/v1/audio/speech, 8 concurrent streams, and hang-ups that free their LM slot.
+
+Expected audio comes from Triton itself (the ensemble and the stage models), never from the gateway's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import time
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+import soundfile as sf
+import tritonclient.grpc as grpcclient
+from gateway_support import running_gateway
+from triton_fixtures import KV_SLOTS, STORED_VOICE
+
+from client.triton_stream import collect, infer
+from fish_speech_triton.audio import synthetic_speech
+from fish_speech_triton.triton_server import free_port
+
+TEXT = "Hello from the gateway."
+SHORT = {"max_new_tokens": 16, "seed": 11}
+API_KEY = "s3cret-key"
+MAX_TEXT_LENGTH = 40
+SAMPLES_PER_FRAME = 2048
+# The spec's streaming header: 44.1 kHz, 16-bit, mono PCM, zero data length.
+STREAM_HEADER = struct.pack(
+    "<4sI4s4sIHHIIHH4sI", b"RIFF", 36, b"WAVE", b"fmt ", 16, 1, 1, 44100, 88200, 2, 16, b"data", 0
+)
+
+
+def wav_file(seconds: float, rate: int, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, synthetic_speech(seconds, rate, seed=seed), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+REFERENCE = wav_file(1.0, 16000, seed=5)
+SECOND_REFERENCE = wav_file(0.8, 44100, seed=6)
+
+
+def read_file(data: bytes) -> tuple[np.ndarray, int]:
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return audio, rate
+
+
+def spec_pcm16(audio: np.ndarray) -> np.ndarray:
+    """The issue's PCM rule: little-endian int16 of sample * 32768, clipped."""
+    return np.clip(audio * 32768.0, -32768, 32767).astype("<i2")
+
+
+def wav_pcm(data: bytes) -> np.ndarray:
+    """The samples of a complete 16-bit mono 44.1 kHz wav, its header checked field by field."""
+    riff, size, wave, fmt, fmt_size, pcm, channels, rate, byte_rate, align, bits, chunk, data_size = (
+        struct.unpack_from("<4sI4s4sIHHIIHH4sI", data)
+    )
+    assert (riff, wave, fmt, chunk) == (b"RIFF", b"WAVE", b"fmt ", b"data")
+    assert (fmt_size, pcm, channels, rate, byte_rate, align, bits) == (16, 1, 1, 44100, 88200, 2, 16)
+    assert size == len(data) - 8 and data_size == len(data) - 44
+    return np.frombuffer(data[44:], "<i2")
+
+
+def post(gateway, path: str, body: dict, *, as_msgpack: bool = False, headers=None, timeout=120.0):
+    if as_msgpack:
+        headers = {"Content-Type": "application/msgpack", **(headers or {})}
+        return httpx.post(gateway.url + path, content=msgpack.packb(body), headers=headers, timeout=timeout)
+    return httpx.post(gateway.url + path, json=body, headers=headers, timeout=timeout)
+
+
+def sampling_inputs(seed: int = SHORT["seed"], max_new_tokens: int = SHORT["max_new_tokens"]) -> dict:
+    """The LM inputs the gateway sends for SHORT and the original's default sampling values."""
+    return {
+        "MAX_NEW_TOKENS": np.array([max_new_tokens], np.int32),
+        "TOP_P": np.array([0.7], np.float32),
+        "TEMPERATURE": np.array([0.7], np.float32),
+        "REPETITION_PENALTY": np.array([1.2], np.float32),
+        "SEED": np.array([seed], np.int64),
+        "CHUNK_LENGTH": np.array([200], np.int32),
+    }
+
+
+def ensemble_pcm(triton, **inputs) -> np.ndarray:
+    audio = collect(triton, "ensemble", {"TEXT": TEXT, **sampling_inputs(), **inputs}, ("AUDIO",))
+    return spec_pcm16(audio.concatenated("AUDIO"))
+
+
+def fish_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["statusCode"] == status and body["error"]
+    return body["message"]
+
+
+def openai_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
+    return error["message"]
+
+
+@pytest.fixture(scope="module")
+def gateway(triton_deployment):
+    with running_gateway(triton_deployment) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(triton_deployment):
+    with running_gateway(triton_deployment, api_key=API_KEY, max_text_length=MAX_TEXT_LENGTH) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def triton(triton_deployment):
+    return grpcclient.InferenceServerClient(triton_deployment.grpc_url)
+
+
+@pytest.fixture(scope="module")
+def short_wav(gateway) -> bytes:
+    response = post(gateway, "/v1/tts", {"text": TEXT, **SHORT})
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+# ------------------------------------------------------------------------------------------------ /v1/tts
+
+
+def test_health_answers_get_and_post(gateway):
+    for method in ("GET", "POST"):
+        response = httpx.request(method, gateway.url + "/v1/health")
+        assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_complete_wav_is_the_ensembles_audio(gateway, triton, short_wav):
+    response = post(gateway, "/v1/tts", {"text": TEXT, **SHORT}, as_msgpack=True)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["content-disposition"] == "attachment; filename=audio.wav"
+    assert response.content == short_wav  # msgpack and JSON bodies mean the same request
+    samples = wav_pcm(short_wav)
+    assert samples.size == SHORT["max_new_tokens"] * SAMPLES_PER_FRAME
+    np.testing.assert_array_equal(samples, ensemble_pcm(triton))
+
+
+def test_stored_voice_by_reference_id_in_msgpack_and_json(gateway, triton):
+    body = {"text": TEXT, **SHORT, "reference_id": STORED_VOICE}
+    packed = post(gateway, "/v1/tts", body, as_msgpack=True)
+    assert packed.status_code == 200, packed.text
+    assert post(gateway, "/v1/tts", body).content == packed.content
+    np.testing.assert_array_equal(wav_pcm(packed.content), ensemble_pcm(triton, REFERENCE_ID=STORED_VOICE))
+
+
+def test_uploaded_reference_in_msgpack_and_json(gateway, triton):
+    reference = {"audio": REFERENCE, "text": "A reference recording."}
+    packed = post(gateway, "/v1/tts", {"text": TEXT, **SHORT, "references": [reference]}, as_msgpack=True)
+    assert packed.status_code == 200, packed.text
+    as_base64 = {**reference, "audio": base64.b64encode(REFERENCE).decode()}
+    assert (
+        post(gateway, "/v1/tts", {"text": TEXT, **SHORT, "references": [as_base64]}).content == packed.content
+    )
+    audio, rate = read_file(REFERENCE)
+    expected = ensemble_pcm(
+        triton,
+        REFERENCE_AUDIO=audio,
+        REFERENCE_SAMPLE_RATE=np.array([rate], np.int32),
+        REFERENCE_TEXT="A reference recording.",
+    )
+    np.testing.assert_array_equal(wav_pcm(packed.content), expected)
+
+
+def test_several_references_become_one_with_their_codes_back_to_back(gateway, triton):
+    references = [
+        {"audio": REFERENCE, "text": "First reference."},
+        {"audio": SECOND_REFERENCE, "text": "Second reference."},
+    ]
+    response = post(gateway, "/v1/tts", {"text": TEXT, **SHORT, "references": references}, as_msgpack=True)
+    assert response.status_code == 200, response.text
+    codes = []
+    for reference in references:
+        audio, rate = read_file(reference["audio"])
+        inputs = {"AUDIO": audio, "SAMPLE_RATE": np.array([rate], np.int32)}
+        codes.append(infer(triton, "vqgan_encoder", inputs, ("CODES",))["CODES"])
+    lm_inputs = {
+        "TEXT": TEXT,
+        **sampling_inputs(),
+        "REFERENCE_CODES": np.concatenate(codes, axis=1),
+        "REFERENCE_TEXT": "First reference. Second reference.",
+    }
+    chunks = collect(triton, "llama_semantic", lm_inputs, ("CODES", "CONTEXT_FRAMES")).chunks
+    audio = np.concatenate([infer(triton, "vqgan_decoder", chunk, ("AUDIO",))["AUDIO"] for chunk in chunks])
+    np.testing.assert_array_equal(wav_pcm(response.content), spec_pcm16(audio))
+
+
+@pytest.mark.parametrize(
+    ("audio_format", "media_type"),
+    [("pcm", "application/octet-stream"), ("flac", "audio/flac"), ("mp3", "audio/mpeg")],
+)
+def test_other_formats_carry_the_same_audio(gateway, short_wav, audio_format, media_type):
+    response = post(gateway, "/v1/tts", {"text": TEXT, **SHORT, "format": audio_format})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == media_type
+    assert response.headers["content-disposition"] == f"attachment; filename=audio.{audio_format}"
+    expected = wav_pcm(short_wav)
+    if audio_format == "pcm":
+        np.testing.assert_array_equal(np.frombuffer(response.content, "<i2"), expected)
+        return
+    audio, rate = sf.read(io.BytesIO(response.content), dtype="int16")
+    assert rate == 44100 and audio.ndim == 1
+    if audio_format == "flac":
+        np.testing.assert_array_equal(audio, expected)
+    else:  # lossy, with the encoder's padding
+        assert abs(audio.size - expected.size) <= 3 * 1152
+
+
+def test_streaming_is_a_44_byte_header_then_the_pcm_of_the_complete_wav(gateway):
+    body = {"text": TEXT, "max_new_tokens": 24, "seed": 4}
+    complete = post(gateway, "/v1/tts", body)
+    with httpx.stream(
+        "POST", gateway.url + "/v1/tts", json={**body, "streaming": True}, timeout=120
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "audio/wav"
+        assert response.headers["content-disposition"] == "attachment; filename=audio.wav"
+        assert response.headers["transfer-encoding"] == "chunked"
+        data = b"".join(response.iter_raw())
+    assert data[:44] == STREAM_HEADER
+    assert len(data) - 44 == 2 * 24 * SAMPLES_PER_FRAME
+    assert data[44:] == wav_pcm(complete.content).tobytes()
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+MISSING = object()
+BAD_FIELDS = [
+    ({"chunk_length": 99}, "chunk_length"),
+    ({"chunk_length": 301}, "chunk_length"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"repetition_penalty": 3}, "repetition_penalty"),
+    ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"format": "ogg"}, "format"),
+    ({"use_memory_cache": "maybe"}, "use_memory_cache"),
+    ({"streaming": True, "format": "mp3"}, "streaming only supports the wav format"),
+    ({"text": "   "}, "text is empty"),
+    ({"text": MISSING}, "text: Field required"),
+    ({"reference_id": "nobody"}, "unknown reference id 'nobody': stored voices are alice"),
+    ({"reference_id": "../alice"}, "invalid reference id"),
+    ({"references": [{"audio": b"not audio", "text": "x"}]}, "references[0].audio is not an audio file"),
+    ({"references": [{"audio": REFERENCE, "text": " "}]}, "references[0].text is empty"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_FIELDS, ids=[str(fields) for fields, _ in BAD_FIELDS])
+def test_invalid_fields_are_400_with_a_message(gateway, fields, message):
+    body = {key: value for key, value in {"text": TEXT, **SHORT, **fields}.items() if value is not MISSING}
+    assert message in fish_error(post(gateway, "/v1/tts", body, as_msgpack=True), 400)
+
+
+def test_bodies_that_cannot_be_read_are_400_or_415(gateway):
+    url = gateway.url + "/v1/tts"
+    bad_base64 = {"text": TEXT, "references": [{"audio": "@@not base64@@", "text": "x"}]}
+    assert "base64" in fish_error(post(gateway, "/v1/tts", bad_base64), 400)
+    broken_json = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert "not valid JSON" in fish_error(broken_json, 400)
+    assert "must be an object" in fish_error(httpx.post(url, json=["a list"]), 400)
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "multipart/form-data"}, {}):
+        response = httpx.post(url, content=b'{"text": "hi"}', headers=headers)
+        assert "application/msgpack or application/json" in fish_error(response, 415)
+
+
+def test_text_over_the_limit_is_400(keyed_gateway):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    too_long = post(keyed_gateway, "/v1/tts", {"text": "x" * (MAX_TEXT_LENGTH + 1), **SHORT}, headers=auth)
+    assert f"at most {MAX_TEXT_LENGTH} are allowed" in fish_error(too_long, 400)
+    at_limit = post(keyed_gateway, "/v1/tts", {"text": "y" * MAX_TEXT_LENGTH, **SHORT}, headers=auth)
+    assert at_limit.status_code == 200
+
+
+def test_the_api_key_is_required_except_for_health_and_the_webui(keyed_gateway):
+    body = {"text": TEXT, **SHORT}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}):
+        response = post(keyed_gateway, "/v1/tts", body, headers=headers)
+        assert "API key" in fish_error(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "API key" in openai_error(
+            post(keyed_gateway, "/v1/audio/speech", {"input": TEXT}, headers=headers), 401
+        )
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert post(keyed_gateway, "/v1/tts", body, headers=auth).status_code == 200
+    assert httpx.get(keyed_gateway.url + "/v1/health").status_code == 200
+    assert httpx.get(keyed_gateway.url + "/").status_code == 200
+
+
+def test_generation_failures_are_500_with_a_message_streaming_or_not(triton_deployment):
+    with running_gateway(triton_deployment, triton_url=f"127.0.0.1:{free_port()}") as orphan:
+        for streaming in (False, True):
+            response = post(orphan, "/v1/tts", {"text": TEXT, **SHORT, "streaming": streaming})
+            assert "no Triton server reachable" in fish_error(response, 500)
+
+
+def test_refusals_from_triton_are_500_with_tritons_message(gateway):
+    too_short = {"audio": wav_file(0.005, 44100, seed=1), "text": "Too short."}
+    for streaming in (False, True):
+        body = {"text": TEXT, **SHORT, "streaming": streaming, "references": [too_short]}
+        message = fish_error(post(gateway, "/v1/tts", body, as_msgpack=True), 500)
+        assert message.startswith("generation failed: vqgan_encoder:") and "too short" in message
+
+
+# ------------------------------------------------------------------------------------------------ /v1/vqgan
+
+
+def test_vqgan_encode_and_decode_in_msgpack_and_json(gateway, triton):
+    audios = [REFERENCE, SECOND_REFERENCE]
+    expected_tokens = []
+    for data in audios:
+        audio, rate = read_file(data)
+        inputs = {"AUDIO": audio, "SAMPLE_RATE": np.array([rate], np.int32)}
+        expected_tokens.append(infer(triton, "vqgan_encoder", inputs, ("CODES",))["CODES"].tolist())
+
+    packed = post(gateway, "/v1/vqgan/encode", {"audios": audios}, as_msgpack=True)
+    assert packed.headers["content-type"] == "application/msgpack"
+    assert msgpack.unpackb(packed.content)["tokens"] == expected_tokens
+    as_json = post(gateway, "/v1/vqgan/encode", {"audios": [base64.b64encode(a).decode() for a in audios]})
+    assert as_json.headers["content-type"] == "application/json"
+    assert as_json.json()["tokens"] == expected_tokens
+
+    decoded = post(gateway, "/v1/vqgan/decode", {"tokens": expected_tokens}, as_msgpack=True)
+    audios_out = msgpack.unpackb(decoded.content)["audios"]
+    for tokens, data in zip(expected_tokens, audios_out, strict=True):
+        audio = infer(triton, "vqgan_decoder", {"CODES": np.array(tokens, np.int32)}, ("AUDIO",))["AUDIO"]
+        np.testing.assert_array_equal(np.frombuffer(data, np.float16), audio.astype(np.float16))
+    decoded_json = post(gateway, "/v1/vqgan/decode", {"tokens": expected_tokens}).json()["audios"]
+    assert [base64.b64decode(item) for item in decoded_json] == audios_out
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ([[[1, 2], [3]]], "rows of equal length"),
+        ([[[5000, 1]] * 8], "out of range"),
+        ([[[1, 2]] * 7], "shape [8, frames]"),
+        ([], "tokens: List should have at least 1 item"),
+    ],
+)
+def test_vqgan_decode_refuses_bad_tokens_with_400(gateway, tokens, message):
+    assert message in fish_error(post(gateway, "/v1/vqgan/decode", {"tokens": tokens}), 400)
+
+
+def test_vqgan_encode_refuses_what_is_not_audio_with_400(gateway):
+    response = post(gateway, "/v1/vqgan/encode", {"audios": [REFERENCE, b"nope"]}, as_msgpack=True)
+    assert "audios[1] is not an audio file" in fish_error(response, 400)
+
+
+# ------------------------------------------------------------------------------------------------ OpenAI
+
+
+def test_openai_speech_speaks_with_stored_voices_and_streams(gateway, short_wav):
+    base = {"model": "tts-1", "input": TEXT, **SHORT}
+    alice = post(gateway, "/v1/audio/speech", {**base, "voice": STORED_VOICE, "response_format": "wav"})
+    fish_alice = post(gateway, "/v1/tts", {"text": TEXT, **SHORT, "reference_id": STORED_VOICE})
+    assert alice.status_code == 200 and alice.content == fish_alice.content
+
+    default = post(gateway, "/v1/audio/speech", {**base, "voice": "alloy"})  # OpenAI's default format: mp3
+    assert default.status_code == 200 and default.headers["content-type"] == "audio/mpeg"
+    assert read_file(default.content)[1] == 44100
+    builtin = post(gateway, "/v1/audio/speech", {**base, "voice": "alloy", "response_format": "wav"})
+    assert builtin.content == short_wav  # OpenAI's voice names mean the model's own voice
+
+    body = {**base, "response_format": "pcm", "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/audio/speech", json=body, timeout=120) as response:
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert b"".join(response.iter_raw()) == short_wav[44:]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"voice": "nobody"}, "unknown reference id 'nobody'"),
+        ({"response_format": "opus"}, "response_format"),
+        ({"speed": 1.5}, "only 1.0 is supported"),
+        ({"stream": True, "response_format": "mp3"}, "stream only supports wav and pcm"),
+        ({"input": ""}, "text is empty"),
+    ],
+)
+def test_openai_speech_errors_are_400_in_openais_shape(gateway, fields, message):
+    body = {"model": "tts-1", "input": TEXT, **SHORT, **fields}
+    assert message in openai_error(post(gateway, "/v1/audio/speech", body), 400)
+
+
+def test_openai_speech_takes_json_only(gateway):
+    response = post(gateway, "/v1/audio/speech", {"input": TEXT}, as_msgpack=True)
+    assert "application/json" in openai_error(response, 415)
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+async def _stream_all(url: str, bodies: list[dict]) -> list[tuple[float, list[float], bytes]]:
+    """Run the streaming requests together; for each: when it started, when each piece arrived, the bytes."""
+
+    async def one(client: httpx.AsyncClient, body: dict):
+        started, arrivals, data = time.perf_counter(), [], bytearray()
+        async with client.stream("POST", "/v1/tts", json=body) as response:
+            assert response.status_code == 200
+            async for piece in response.aiter_raw():
+                arrivals.append(time.perf_counter())
+                data += piece
+        return started, arrivals, bytes(data)
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        return await asyncio.gather(*(one(client, body) for body in bodies))
+
+
+def test_eight_concurrent_streams_run_together_and_each_equals_its_solo_result(gateway):
+    bodies = [
+        {"text": f"Request number {i} speaks.", "max_new_tokens": 24, "seed": 100 + i} for i in range(8)
+    ]
+    results = asyncio.run(_stream_all(gateway.url, [{**body, "streaming": True} for body in bodies]))
+
+    starts = [started for started, _, _ in results]
+    ends = [arrivals[-1] for _, arrivals, _ in results]
+    assert max(starts) < min(ends), "every request was sent before any finished"
+    # Streams producing audio at the same moment: the gateway does not serialise them.
+    spans = [(arrivals[0], arrivals[-1]) for _, arrivals, _ in results]
+    overlap = max(sum(first <= moment <= last for first, last in spans) for moment, _ in spans)
+    assert overlap >= 2, spans
+    for body, (_, _, data) in zip(bodies, results, strict=True):
+        assert data[:44] == STREAM_HEADER
+        assert data[44:] == wav_pcm(post(gateway, "/v1/tts", body).content).tobytes()
+
+
+def test_clients_that_hang_up_free_their_lm_slots(gateway):
+    long = {"text": "Go on for a long time.", "max_new_tokens": 2000, "seed": 1}  # ~700 frames: seconds
+    for _ in range(KV_SLOTS + 1):  # more hang-ups than slots: leaked slots would queue the last request
+        with httpx.stream("POST", gateway.url + "/v1/tts", json={**long, "streaming": True}) as response:
+            next(response.iter_raw())  # audio is flowing; leaving the block closes the connection
+    for _ in range(KV_SLOTS + 1):  # complete-file clients that give up
+        with pytest.raises(httpx.ReadTimeout):
+            post(gateway, "/v1/tts", long, timeout=0.5)
+    started = time.perf_counter()
+    assert post(gateway, "/v1/tts", {"text": "Still served.", **SHORT}).status_code == 200
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0, f"{elapsed:.1f} s: abandoned requests kept generating and held the KV-cache slots"
