@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,23 @@ pytest_plugins = ["triton_fixtures"]
 
 # --- codec -------------------------------------------------------------------------------------------------------
 
-CODEC_SHARED_SPEC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "spec"
+
+@contextmanager
+def codec_one_thread() -> Iterator[None]:
+    """One intra-op thread for torch: on a busy 2-core machine two OpenMP threads spin-wait on each other and
+    run the small codec 5-50x slower than one thread does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def codec_single_thread() -> Iterator[None]:
+    with codec_one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +70,36 @@ def codec_small(codec_small_checkpoint: Path, codec_small_config: CodecConfig) -
 @pytest.fixture(scope="session")
 def codec_full_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random checkpoint of the real firefly_gan_vq architecture (~190 MB, written once per session)."""
-    return write_random_codec_checkpoint(tmp_path_factory.mktemp("codec") / "full.pth", load_codec_config())
+    with codec_one_thread():
+        return write_random_codec_checkpoint(
+            tmp_path_factory.mktemp("codec") / "full.pth", load_codec_config()
+        )
 
 
 @pytest.fixture(scope="session")
 def codec_full(codec_full_checkpoint: Path) -> FireflyCodec:
     return load_codec(codec_full_checkpoint)
+
+
+def _codec_onnx_dir(directory: Path, codec: FireflyCodec) -> Path:
+    from export.codec_onnx import DECODER_FILE, ENCODER_FILE, export_decoder, export_encoder
+
+    with codec_one_thread():
+        export_encoder(codec, directory / ENCODER_FILE)
+        export_decoder(codec, directory / DECODER_FILE)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def codec_small_onnx(tmp_path_factory: pytest.TempPathFactory, codec_small: FireflyCodec) -> Path:
+    """Directory with vqgan_encoder.onnx and vqgan_decoder.onnx of `codec_small` (float32)."""
+    return _codec_onnx_dir(tmp_path_factory.mktemp("codec_onnx_small"), codec_small)
+
+
+@pytest.fixture(scope="session")
+def codec_full_onnx(tmp_path_factory: pytest.TempPathFactory, codec_full: FireflyCodec) -> Path:
+    """Directory with the two graphs of `codec_full` (float32, ~200 MB, exported once per session)."""
+    return _codec_onnx_dir(tmp_path_factory.mktemp("codec_onnx_full"), codec_full)
 
 
 # --- lm (DualAR language model) --------------------------------------------------------------------------------------
