@@ -21,6 +21,8 @@ from fish_speech_triton.codec.config import CodecConfig, load_codec_config
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import CheckpointError
 
+pytestmark = pytest.mark.usefixtures("codec_single_thread")
+
 KEYS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "firefly_generator_keys.txt"
 
 

@@ -11,7 +11,7 @@ from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import InputError
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("codec_single_thread")
 
 
 def _audio(samples: int, seed: int = 0) -> torch.Tensor:

@@ -19,6 +19,8 @@ from fish_speech_triton.codec.spectrogram import (
     reflect_pad,
 )
 
+pytestmark = pytest.mark.usefixtures("codec_single_thread")
+
 SR, N_FFT, N_MELS = 44100, 2048, 160
 
 
@@ -60,7 +62,7 @@ def test_filterbank_properties() -> None:
     area = fb.sum(axis=0) * SR / N_FFT
     np.testing.assert_allclose(area, 1.0, rtol=0.1)
     np.testing.assert_allclose(area[80:], 1.0, rtol=0.012)
-    assert fb[-1].sum() == 0  # Nyquist sits on the last edge
+    assert fb[-1].max() < 1e-6 * fb.max()  # Nyquist sits on the last edge (exactly 0 up to float rounding)
 
 
 def _numpy_log_mel(audio: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from fish_speech_triton.audio import synthetic_speech
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "fish_speech_triton.tools.vqgan", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.codec_one_thread
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
 @pytest.fixture(scope="module")
