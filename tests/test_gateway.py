@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 from gateway_support import running_gateway
 from triton_fixtures import KV_SLOTS, STORED_VOICE
 
-from client.triton_stream import collect, infer
+from client.triton_stream import ServerError, collect, infer
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.triton_server import free_port
 
@@ -312,6 +312,24 @@ def test_refusals_from_triton_are_500_with_tritons_message(gateway):
         body = {"text": TEXT, **SHORT, "streaming": streaming, "references": [too_short]}
         message = fish_error(post(gateway, "/v1/tts", body, as_msgpack=True), 500)
         assert message.startswith("generation failed: vqgan_encoder:") and "too short" in message
+
+
+def test_a_failure_after_the_stream_started_breaks_the_transfer(triton_deployment):
+    """Once 200 and audio are sent, an error must not look like a complete (shorter) file."""
+    with running_gateway(triton_deployment) as failing:
+        synthesizer = failing.server.config.app.state.synthesizer
+
+        async def one_chunk_then_failure(inputs):
+            yield np.zeros(4096, np.float32)
+            raise ServerError("llama_semantic: failed mid-stream")
+
+        synthesizer.chunks = one_chunk_then_failure
+        with (
+            pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+            httpx.stream("POST", failing.url + "/v1/tts", json={"text": TEXT, "streaming": True}) as response,
+        ):
+            assert response.status_code == 200
+            b"".join(response.iter_raw())
 
 
 # ------------------------------------------------------------------------------------------------ /v1/vqgan
