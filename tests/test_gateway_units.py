@@ -1,0 +1,71 @@
+"""The gateway's pieces that need no server: the wav header and PCM rule, body schemas and their messages."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import numpy as np
+import pytest
+
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.gateway.encoding import decode_audio, encode_audio, pcm16, wav_header
+from fish_speech_triton.gateway.schemas import SpeechRequest, TTSRequest, parse
+
+
+def python_wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(44100)
+        writer.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def test_the_streaming_header_is_what_pythons_wave_writes_for_no_samples():
+    assert wav_header() == python_wav(np.zeros(0, "<i2"))
+    assert len(wav_header()) == 44
+
+
+def test_a_complete_wav_is_what_pythons_wave_writes():
+    audio = np.linspace(-1.2, 1.2, 1001, dtype=np.float32)
+    assert encode_audio(audio, "wav") == python_wav(pcm16(audio))
+
+
+def test_pcm_is_sample_times_32768_clipped():
+    audio = np.array([-1.5, -1.0, -0.5, 0.0, 0.25, 1.0, 1.5], np.float32)
+    np.testing.assert_array_equal(pcm16(audio), [-32768, -32768, -16384, 0, 8192, 32767, 32767])
+
+
+def test_decoding_what_was_encoded_and_refusing_what_is_not_audio():
+    audio = np.sin(np.linspace(0, 100, 4410, dtype=np.float32)) * 0.5
+    decoded, rate = decode_audio(encode_audio(audio, "flac"))
+    assert rate == 44100
+    np.testing.assert_array_equal(pcm16(decoded), pcm16(audio))
+    with pytest.raises(InputError, match="upload is not an audio file"):
+        decode_audio(b"RIFF nonsense", "upload")
+
+
+def test_defaults_are_the_originals():
+    request = parse(TTSRequest, {"text": "hi"})
+    assert (request.chunk_length, request.format, request.max_new_tokens) == (200, "wav", 1024)
+    assert (request.top_p, request.repetition_penalty, request.temperature) == (0.7, 1.2, 0.7)
+    assert (request.streaming, request.normalize, request.use_memory_cache) == (False, True, "off")
+    assert request.references == [] and request.reference_id is None and request.seed is None
+    assert parse(SpeechRequest, {"input": "hi"}).response_format == "mp3"
+
+
+def test_json_bytes_are_base64_and_every_problem_is_named():
+    request = parse(TTSRequest, {"text": "hi", "references": [{"audio": "aGVsbG8=", "text": "t"}]})
+    assert request.references[0].audio == b"hello"
+    with pytest.raises(InputError) as error:
+        parse(TTSRequest, {"chunk_length": 50, "top_p": 2, "references": [{"audio": "@@", "text": "t"}]})
+    message = str(error.value)
+    for part in (
+        "text: Field required",
+        "chunk_length:",
+        "top_p:",
+        "references.0.audio: Value error, expected base64",
+    ):
+        assert part in message
