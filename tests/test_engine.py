@@ -38,7 +38,9 @@ def reference(lm_small) -> Reference:
     return Reference("A reference voice says this.", codes)
 
 
-def offline(lm_small, text: str, params: SamplingParams, seed: int, references=(), chunk_length=200) -> np.ndarray:
+def offline(
+    lm_small, text: str, params: SamplingParams, seed: int, references=(), chunk_length=200
+) -> np.ndarray:
     model, tokenizer = lm_small
     codes = generate_long(
         model,
@@ -154,3 +156,37 @@ def test_a_failing_load_hook_does_not_stop_the_engine(lm_small, lm_single_thread
     finally:
         engine.stop()
     assert all(c.shape[1] > 0 for c in codes) and calls
+
+
+@pytest.fixture
+def fast_engine(lm_small, lm_single_thread):
+    model, tokenizer = lm_small
+    engine = SemanticEngine(
+        model, tokenizer, num_slots=3, first_chunk_frames=3, stream_chunk_frames=5, fast_decode=True
+    )
+    yield engine
+    engine.stop()
+
+
+def test_fast_decode_keeps_greedy_parity_with_the_faithful_loop(fast_engine, lm_small, reference):
+    requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
+    requests.append(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1, references=(reference,)))
+    text = "First sentence is here. Second one follows it. A third closes the text."
+    requests.append(GenerationRequest(text=text, params=GREEDY, seed=1, chunk_length=30))
+    for request, codes in zip(requests, generate_codes(fast_engine, requests), strict=True):
+        expected = offline(lm_small, request.text, GREEDY, 1, request.references, request.chunk_length)
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_fast_decode_sampling_is_seeded_and_independent_of_the_batch(fast_engine):
+    params = SamplingParams(max_new_tokens=20, top_p=0.9, temperature=1.0)
+    alone = [
+        generate_codes(fast_engine, [GenerationRequest(text=t, params=params, seed=7)])[0] for t in TEXTS[:3]
+    ]
+    together = generate_codes(
+        fast_engine, [GenerationRequest(text=t, params=params, seed=7) for t in TEXTS[:3]]
+    )
+    other_seed = generate_codes(fast_engine, [GenerationRequest(text=TEXTS[0], params=params, seed=8)])[0]
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(alone[0], other_seed)

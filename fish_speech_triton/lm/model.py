@@ -73,9 +73,15 @@ class Attention(nn.Module):
         k = apply_rope(k.view(batch, length, self.n_local_heads, self.head_dim), rope)
         v = v.view(batch, length, self.n_local_heads, self.head_dim)
         keys, values = kv_update(k, v)
-        repeats = self.n_head // self.n_local_heads
-        keys = keys.repeat_interleave(repeats, dim=1)
-        values = values.repeat_interleave(repeats, dim=1)
+        group = self.n_head // self.n_local_heads
+        if length == 1:
+            # Decoding: the `group` query heads sharing a KV head (repeat_interleave order) attend as `group`
+            # query rows of that head. Same result as repeating the keys, without copying the cache per layer.
+            grouped = q.view(batch, self.n_local_heads, group, self.head_dim)
+            y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask)
+            return self.wo(y.reshape(batch, 1, -1))
+        keys = keys.repeat_interleave(group, dim=1)
+        values = values.repeat_interleave(group, dim=1)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(batch, length, -1))
 
@@ -125,6 +131,13 @@ class SlotKVCache(KVCache):
         self.k[rows, :, input_pos] = k.to(self.k.dtype)
         self.v[rows, :, input_pos] = v.to(self.v.dtype)
         return self.k[slots, :, :kv_len], self.v[slots, :, :kv_len]
+
+    def update_all(self, k: Tensor, v: Tensor, *, input_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Write `k, v [num_slots, 1, H, D]` of every row at `input_pos [num_slots, 1]`; return the whole cache."""
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        self.k[rows, :, input_pos] = k.to(self.k.dtype)
+        self.v[rows, :, input_pos] = v.to(self.v.dtype)
+        return self.k, self.v
 
 
 class FastKVCache(KVCache):
@@ -270,6 +283,28 @@ class DualARTransformer(nn.Module):
             for layer, cache in zip(self.layers, self._slow_caches, strict=True):
                 update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
                 x = layer(x, rope, update, mask)
+        hidden = x[:, -1]
+        normed = self.norm(hidden)
+        logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)
+        return logits, hidden
+
+    def forward_slow_all_slots(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """One decode position for every slot at once, with shapes that never change (CUDA-graph friendly).
+
+        tokens `[num_slots, 1 + num_codebooks, 1]`, positions `[num_slots]`. Like `forward_slow` with
+        `slots = arange(num_slots)`, but each row attends over its whole cache row under the causal mask
+        instead of a cut to the longest position: no host synchronisation, no data-dependent shape.
+        Rows of free slots compute (and write) garbage at their position, which their next prefill replaces.
+        """
+        self._require_caches()
+        input_pos = positions[:, None]
+        x = self.embed(tokens)
+        rope = self._slow_rope[input_pos]
+        key_pos = torch.arange(self.cache_seq_len, device=positions.device)
+        mask = (key_pos <= input_pos[..., None])[:, None]
+        with sdpa_kernel(_SDPA_BACKENDS):
+            for layer, cache in zip(self.layers, self._slow_caches, strict=True):
+                x = layer(x, rope, partial(cache.update_all, input_pos=input_pos), mask)
         hidden = x[:, -1]
         normed = self.norm(hidden)
         logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)

@@ -27,6 +27,21 @@ def top_p_filter(logits: Tensor, top_p: Tensor) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def distribution(
+    logits: Tensor,
+    window_ids: Tensor | None,
+    top_p: Tensor,
+    temperature: Tensor,
+    repetition_penalty: Tensor,
+) -> Tensor:
+    """Probabilities `[B, V]` after the repetition penalty, top-p and temperature (spec 2.5 steps 1-3)."""
+    logits = logits.float()
+    if window_ids is not None:
+        logits = penalise_repetitions(logits, window_ids, repetition_penalty.float())
+    logits = top_p_filter(logits, top_p.float())
+    return torch.softmax(logits / temperature.float().clamp_min(1e-5)[:, None], dim=-1)
+
+
 def sample(
     logits: Tensor,
     window_ids: Tensor | None,
@@ -42,13 +57,51 @@ def sample(
     """
     if len(generators) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows need as many generators, got {len(generators)}")
-    logits = logits.float()
-    if window_ids is not None:
-        logits = penalise_repetitions(logits, window_ids, repetition_penalty.float())
-    logits = top_p_filter(logits, top_p.float())
-    probs = torch.softmax(logits / temperature.float().clamp_min(1e-5)[:, None], dim=-1)
+    probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
     vocab = logits.shape[1]
     noise = torch.stack(
         [torch.empty(vocab, device=logits.device).exponential_(1, generator=g) for g in generators]
     )
     return torch.argmax(probs / noise, dim=-1)
+
+
+_MASK_63 = (1 << 63) - 1
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 64-bit integer hash (splitmix64's finaliser; int64 arithmetic wraps, shifts are made logical)."""
+    x = (x ^ ((x >> 30) & (_MASK_63 >> 29))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = (x ^ ((x >> 27) & (_MASK_63 >> 26))) * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ ((x >> 31) & (_MASK_63 >> 30))
+
+
+def hashed_exponential(seeds: Tensor, counters: Tensor, vocab: int) -> Tensor:
+    """Exp(1) noise `[B, V]` that depends only on each row's (seed, counter) and the column.
+
+    A counter-based generator: no generator state, one set of kernels for the whole batch, and nothing
+    that stops it from being captured in a CUDA graph. Rows stay independent of the batch they are in.
+    """
+    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 (2^64 / golden ratio) as a signed int64
+    key = _mix(seeds * golden + counters)
+    column = torch.arange(vocab, device=seeds.device, dtype=torch.long)
+    bits = _mix(key[:, None] + column[None, :] * golden)
+    uniform = (((bits >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)  # 24 bits in (0, 1)
+    return -torch.log(uniform)
+
+
+def sample_hashed(
+    logits: Tensor,
+    window_ids: Tensor | None,
+    top_p: Tensor,
+    temperature: Tensor,
+    repetition_penalty: Tensor,
+    seeds: Tensor,
+    counters: Tensor,
+) -> Tensor:
+    """`sample` with counter-based noise (`hashed_exponential`) instead of per-row torch generators.
+
+    Same distribution, other random stream: the fast serving path uses it so that a whole decode step,
+    sampling included, can replay as one CUDA graph. Greedy decoding (one candidate left) is unaffected.
+    """
+    probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
+    return torch.argmax(probs / hashed_exponential(seeds, counters, logits.shape[1]), dim=-1)

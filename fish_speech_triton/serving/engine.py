@@ -34,6 +34,7 @@ from fish_speech_triton.lm.generation import (
 from fish_speech_triton.lm.long_form import HISTORY_RESERVE, select_history, text_segments
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.prompt import PromptBuilder, Reference
+from fish_speech_triton.lm.static_decode import StaticDecoder
 from fish_speech_triton.lm.tokenizer import FishTokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,13 +109,14 @@ class _Sequence:
         self.segment_index = 0
         self.history: list[Tensor] = []
         seed = request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self.seed = seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # Current segment.
         self.prompt_length = 0
         self.budget = 0
         self.step = 0
         self.frame: Tensor | None = None
-        self.frames: list[Tensor] = []
+        self.frames: list[Tensor] = []  # this segment's frames, on the host
         self.window: RepetitionWindow | None = None
 
 
@@ -130,8 +132,15 @@ class SemanticEngine:
         prefix_cache_size: int = 16,
         max_seq_len: int | None = None,
         on_load: Callable[[int, int], None] | None = None,
+        fast_decode: bool = False,
     ) -> None:
-        """`on_load(pending, active)` is called from the scheduler thread whenever either count changes."""
+        """`on_load(pending, active)` is called from the scheduler thread whenever either count changes.
+
+        `fast_decode`: each decode step, sampling included, runs over all slots with fixed shapes and, on a
+        GPU, replays as one CUDA graph (lm.static_decode). Greedy decoding is unchanged; sampling draws its
+        noise from each request's seed and step instead of a torch generator (same distribution, another
+        random stream).
+        """
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.embeddings.weight.device
@@ -141,6 +150,7 @@ class SemanticEngine:
         self.prefix_cache_size = prefix_cache_size
         self._prefixes: collections.OrderedDict[str, list[Tensor]] = collections.OrderedDict()
         model.setup_caches(num_slots, max_seq_len)
+        self._static = StaticDecoder(model) if fast_decode else None
         self.num_slots = num_slots
         self._free = list(range(num_slots - 1, -1, -1))
         self._active: dict[int, _Sequence] = {}
@@ -267,8 +277,12 @@ class SemanticEngine:
         if seq.segment_index == 0 and start == 0:
             self._remember_prefix(prefix, seq.slot)
         seq.step = 0
-        seq.frames = [seq.frame]
-        seq.window = RepetitionWindow(seq.frame.shape[0], seq.budget, self.device)
+        seq.frames = [seq.frame.cpu()]
+        if self._static is not None:  # the static decoder keeps windows on the device, per slot
+            segment_seed = seq.seed + 7919 * seq.segment_index  # fresh noise for every segment
+            self._static.begin(seq.slot, seq.frame, seq.prompt_length, segment_seed, params)
+        else:
+            seq.window = RepetitionWindow(seq.frame.shape[0], seq.budget, self.device)
         self._after_frame(seq)
 
     def _prefix_key(self, prefix: Tensor) -> str:
@@ -295,37 +309,47 @@ class SemanticEngine:
     def _decode(self) -> None:
         rows = list(self._active.values())
         try:
-            frames = decode_step(
-                self.model,
-                torch.stack([seq.frame for seq in rows]),
-                torch.tensor([seq.prompt_length + seq.step for seq in rows], device=self.device),
-                torch.tensor([seq.slot for seq in rows], device=self.device),
-                torch.stack([seq.window.window(seq.step) for seq in rows]),
-                BatchSamplingParams.stack([seq.request.params for seq in rows], self.device),
-                [seq.generator for seq in rows],
-            )
+            if self._static is not None:
+                on_host = self._static.step().cpu()  # every slot advanced; take the active ones
+                new = [on_host[seq.slot] for seq in rows]
+            else:
+                new = list(self._eager_step(rows).cpu())  # one device synchronisation per step
         except Exception as exc:  # a failed step fails the sequences in it, the engine keeps serving
             for seq in rows:
                 self._finish(seq, exc)
             return
-        for seq, frame in zip(rows, frames, strict=True):
-            seq.window.record(seq.step, frame)
+        for seq, host in zip(rows, new, strict=True):
             seq.step += 1
-            seq.frame = frame
-            seq.frames.append(frame)
+            seq.frames.append(host)
             try:
                 self._after_frame(seq)
             except Exception as exc:
                 self._finish(seq, exc)
 
+    def _eager_step(self, rows: list[_Sequence]) -> Tensor:
+        frames = decode_step(
+            self.model,
+            torch.stack([seq.frame for seq in rows]),
+            torch.tensor([seq.prompt_length + seq.step for seq in rows], device=self.device),
+            torch.tensor([seq.slot for seq in rows], device=self.device),
+            torch.stack([seq.window.window(seq.step) for seq in rows]),
+            BatchSamplingParams.stack([seq.request.params for seq in rows], self.device),
+            [seq.generator for seq in rows],
+        )
+        for seq, frame in zip(rows, frames, strict=True):
+            seq.window.record(seq.step, frame)
+            seq.frame = frame
+        return frames
+
     def _after_frame(self, seq: _Sequence) -> None:
         """Stream the new frame's codes; at a segment's end start the next one or finish the request."""
-        ended = int(seq.frame[0]) == self.tokenizer.im_end_id
+        frame = seq.frames[-1]  # on the host
+        ended = int(frame[0]) == self.tokenizer.im_end_id
         if not ended:
-            seq.streamer.add(seq.frame[1:].cpu().numpy())
+            seq.streamer.add(frame[1:].numpy())
         if not ended and len(seq.frames) < seq.budget:
             return
-        seq.history.append(torch.stack(seq.frames, dim=1).cpu())
+        seq.history.append(torch.stack(seq.frames, dim=1))
         seq.segment_index += 1
         if seq.segment_index < len(seq.segments):
             self._start_segment(seq)
