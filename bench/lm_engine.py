@@ -26,8 +26,13 @@ from bench.lm_speed import PRECISIONS, TEXT, ensure_checkpoint
 from fish_speech_triton.lm.checkpoint import load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import SamplingParams, generate
-from fish_speech_triton.lm.prompt import PromptBuilder
-from fish_speech_triton.serving.engine import GenerationRequest, SemanticEngine, generate_codes
+from fish_speech_triton.lm.prompt import PromptBuilder, Reference
+from fish_speech_triton.serving.engine import (
+    CollectingSink,
+    GenerationRequest,
+    SemanticEngine,
+    generate_codes,
+)
 
 FRAMES_PER_SECOND = 44100 / 2048
 
@@ -70,6 +75,65 @@ def engine_run(engine: SemanticEngine, concurrency: int, frames: int, device: st
     codes = generate_codes(engine, requests)
     synchronize(device)
     return time.perf_counter() - started, sum(c.shape[1] for c in codes)
+
+
+class FirstChunkSink(CollectingSink):
+    """Records when the first chunk arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_at: float | None = None
+
+    def send(self, codes: np.ndarray, context_frames: int) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        super().send(codes, context_frames)
+
+
+def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames: int) -> None:
+    """One stream with a ~10 s reference, its audio decoded chunk by chunk by the full-size codec (PyTorch).
+
+    Time to first audio = first code chunk + its decode; real-time factor = (LM time + decode time of every
+    chunk) / audio seconds. The parts are measured here in one process, one after the other.
+    """
+    from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
+    from fish_speech_triton.codec.config import load_codec_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_random_codec_checkpoint(Path(tmp) / "codec.pth", load_codec_config())
+        codec = load_codec(path, device=device)
+    reference = Reference(
+        "This is the reference speaker reading a sentence of ten seconds or so.",
+        torch.randint(0, 1000, (8, reference_frames)),
+    )
+    params = SamplingParams(max_new_tokens=frames)
+    request = GenerationRequest(text=TEXT, references=(reference,), params=params, seed=0)
+
+    def decode(codes: np.ndarray, context: int) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            codec.decode_window(torch.from_numpy(codes).long().to(device)[None], torch.tensor([context]))
+        synchronize(device)
+        return time.perf_counter() - started
+
+    for _ in range(2):  # the second run is timed (warm kernels and prefix cache, as on a live server)
+        sink = FirstChunkSink()
+        started = time.perf_counter()
+        engine.submit(request, sink)
+        codes = sink.result()
+        lm_seconds = time.perf_counter() - started
+    decode_times = [decode(chunk, context) for chunk, context in sink.chunks]
+    ttfa = sink.first_at - started + decode_times[0]
+    audio_seconds = codes.shape[1] / FRAMES_PER_SECOND
+    rtf = (lm_seconds + sum(decode_times)) / audio_seconds
+    print(
+        f"one stream with a {reference_frames}-frame reference: time to first audio {ttfa * 1e3:.0f} ms "
+        f"(first {sink.chunks[0][0].shape[1]} frames {(sink.first_at - started) * 1e3:.0f} ms + decode "
+        f"{decode_times[0] * 1e3:.0f} ms); real-time factor {rtf:.3f} (LM {lm_seconds:.2f} s + decode "
+        f"{sum(decode_times):.2f} s for {audio_seconds:.2f} s of audio)",
+        flush=True,
+    )
 
 
 def check_parity(device: str, fast_decode: bool) -> None:
@@ -127,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fast-decode", action="store_true", help="engine's static all-slots step (a CUDA graph on a GPU)"
     )
     parser.add_argument("--check", action="store_true", help="greedy parity of the fast path first")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time to first audio and RTF of one stream with the codec",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.check:
@@ -155,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{aggregate / FRAMES_PER_SECOND:.2f} | {aggregate / base:.2f}x |",
                 flush=True,
             )
+        if args.pipeline:
+            pipeline(engine, args.device, args.frames, reference_frames=215)
     finally:
         engine.stop()
     return 0

@@ -44,6 +44,7 @@ class RepositoryOptions:
     first_chunk_frames: int = 8
     stream_chunk_frames: int = 32
     references_dir: Path | None = None
+    fast_decode: bool = False
     opset: int = 17
     verify: bool = True
 
@@ -64,6 +65,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "first_chunk_frames": str(opts.first_chunk_frames),
         "stream_chunk_frames": str(opts.stream_chunk_frames),
         "torch_threads": str(opts.torch_threads),
+        "fast_decode": "true" if opts.fast_decode else "false",
     }
 
 
@@ -157,6 +159,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default frames per later chunk (STREAM_CHUNK_FRAMES overrides per request)",
     )
     parser.add_argument(
+        "--fast-decode",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="LM decode steps over all slots with fixed shapes, one CUDA graph per step on a GPU "
+        "(greedy output unchanged, sampling from per-request counter-based noise); auto: on for CUDA",
+    )
+    parser.add_argument(
         "--references-dir",
         type=Path,
         help="stored reference voices, references/<id>/*.wav + .lab (default: REPO/references)",
@@ -184,6 +193,8 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         first_chunk_frames=args.first_chunk_frames,
         stream_chunk_frames=args.stream_chunk_frames,
         references_dir=args.references_dir,
+        fast_decode=args.fast_decode == "on"
+        or (args.fast_decode == "auto" and args.device.startswith("cuda")),
     )
 
 

@@ -76,6 +76,7 @@ class TritonPythonModel:
             stream_chunk_frames=int(params.get("stream_chunk_frames", "32")),
             prefix_cache_size=int(params.get("prefix_cache_size", "16")),
             on_load=self._report_load,
+            fast_decode=params.get("fast_decode", "false").lower() == "true",
         )
 
     def _load_gauges(self, args):

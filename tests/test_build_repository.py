@@ -1,0 +1,64 @@
+"""The repository builder fills every template value, from the command line the deployment uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from export.build_repository import MODELS, build_parser, options_from_args, write_configs
+from fish_speech_triton.errors import FishSpeechError
+
+
+def configs_for(tmp_path: Path, ckpt, *flags: str) -> dict[str, str]:
+    args = build_parser().parse_args(
+        [
+            "--llama-checkpoint-path",
+            str(ckpt.lm_dir),
+            "--decoder-checkpoint-path",
+            str(ckpt.codec_path),
+            "--output-dir",
+            str(tmp_path / "repo"),
+            *flags,
+        ]
+    )
+    opts = options_from_args(args, args.output_dir)
+    write_configs(opts)
+    return {model: (opts.output_dir / model / "config.pbtxt").read_text() for model in MODELS}
+
+
+def parameter(config: str, key: str) -> str:
+    match = re.search(rf'key: "{key}" value: {{ string_value: "([^"]*)" }}', config)
+    assert match, key
+    return match.group(1)
+
+
+def test_cpu_build(tmp_path, triton_checkpoint):
+    configs = configs_for(tmp_path, triton_checkpoint, "--kv-slots", "5")
+    assert not any("${" in text for text in configs.values())
+    llama = configs["llama_semantic"]
+    assert (
+        "KIND_CPU" in llama
+        and parameter(llama, "device") == "cpu"
+        and parameter(llama, "precision") == "fp32"
+    )
+    assert parameter(llama, "kv_slots") == "5" and parameter(llama, "fast_decode") == "false"
+    assert parameter(configs["vqgan_decoder"], "device") == "cpu"
+    assert (tmp_path / "repo" / "references").is_dir()
+
+
+def test_gpu_build_defaults_to_bf16_and_the_fast_decode_path(tmp_path, triton_checkpoint):
+    configs = configs_for(tmp_path, triton_checkpoint, "--device", "cuda")
+    llama = configs["llama_semantic"]
+    assert "KIND_GPU" in llama and parameter(llama, "precision") == "bf16"
+    assert parameter(llama, "fast_decode") == "true"
+    assert parameter(configs["vqgan_encoder"], "device") == "cuda"
+    off = configs_for(tmp_path / "off", triton_checkpoint, "--device", "cuda", "--fast-decode", "off")
+    assert parameter(off["llama_semantic"], "fast_decode") == "false"
+
+
+@pytest.mark.parametrize("flag", ["--kv-slots", "--stream-chunk-frames"])
+def test_counts_below_one_are_refused(tmp_path, triton_checkpoint, flag):
+    with pytest.raises(FishSpeechError, match="at least 1"):
+        configs_for(tmp_path, triton_checkpoint, flag, "0")
