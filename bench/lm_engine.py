@@ -117,6 +117,7 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
         synchronize(device)
         return time.perf_counter() - started
 
+    decode(np.zeros((8, 24), dtype=np.int64), 16)  # warm the codec's kernels, as on a live server
     for _ in range(2):  # the second run is timed (warm kernels and prefix cache, as on a live server)
         sink = FirstChunkSink()
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.serving.references import AUDIO_SUFFIXES, audio_files, validate_reference_id
 from fish_speech_triton.tools.cli import run_cli
 
-DEFAULT_DIR = Path("build") / "model_repository" / "references"
+DEFAULT_DIR = Path("build") / "references"  # the builder's default: beside build/model_repository
 
 
 def voice_folder(root: Path, reference_id: str, *, exists: bool) -> Path:

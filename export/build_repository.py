@@ -43,10 +43,16 @@ class RepositoryOptions:
     torch_threads: int = 0
     first_chunk_frames: int = 8
     stream_chunk_frames: int = 32
-    references_dir: Path | None = None
+    references_dir: Path | None = None  # default: beside the repository (see default_references_dir)
     fast_decode: bool = False
     opset: int = 17
     verify: bool = True
+
+
+def default_references_dir(opts: RepositoryOptions) -> Path:
+    """`--references-dir`, else `references/` BESIDE the repository: tritonserver takes every folder inside
+    a model repository for a model and refuses to start on one that is not."""
+    return opts.references_dir or opts.output_dir.parent / "references"
 
 
 def _template_values(opts: RepositoryOptions) -> dict[str, str]:
@@ -61,7 +67,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "device": opts.device,
         "precision": opts.precision,
         "kv_slots": str(opts.kv_slots),
-        "references_dir": str((opts.references_dir or opts.output_dir / "references").resolve()),
+        "references_dir": str(default_references_dir(opts).resolve()),
         "first_chunk_frames": str(opts.first_chunk_frames),
         "stream_chunk_frames": str(opts.stream_chunk_frames),
         "torch_threads": str(opts.torch_threads),
@@ -168,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--references-dir",
         type=Path,
-        help="stored reference voices, references/<id>/*.wav + .lab (default: REPO/references)",
+        help="stored reference voices, references/<id>/*.wav + .lab (default: references/ beside the output dir)",
     )
 
 

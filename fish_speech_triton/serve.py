@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from export.build_repository import RepositoryOptions, add_arguments, build_repository, options_from_args
+from export.build_repository import (
+    RepositoryOptions,
+    add_arguments,
+    build_repository,
+    default_references_dir,
+    options_from_args,
+)
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.tools.cli import run_cli
@@ -112,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if api_address is not None:
             from fish_speech_triton.gateway.server import GatewayThread  # web stack only when asked for
 
-            references = opts.references_dir or opts.output_dir / "references"  # the builder's default
+            references = default_references_dir(opts)
             settings = gateway_settings(args, server.grpc_url, references)
             gateway = GatewayThread(settings, *api_address).start()
             print(f"[serve] Fish-Speech HTTP API and WebUI on {gateway.url}", file=sys.stderr, flush=True)

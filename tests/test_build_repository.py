@@ -45,7 +45,7 @@ def test_cpu_build(tmp_path, triton_checkpoint):
     )
     assert parameter(llama, "kv_slots") == "5" and parameter(llama, "fast_decode") == "false"
     assert parameter(configs["vqgan_decoder"], "device") == "cpu"
-    assert (tmp_path / "repo" / "references").is_dir()
+    assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
 
 
 def test_gpu_build_defaults_to_bf16_and_the_fast_decode_path(tmp_path, triton_checkpoint):

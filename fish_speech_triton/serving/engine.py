@@ -228,6 +228,7 @@ class SemanticEngine:
         self._report_load()
         if self._active:
             self._decode()
+            self._report_load()  # so the gauges read 0 once the last request is done, not its last value
         return True
 
     def _report_load(self) -> None:

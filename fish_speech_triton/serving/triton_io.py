@@ -69,8 +69,8 @@ def optional_text(request: Any, name: str) -> str | None:
 
 def error(exc: BaseException) -> Any:
     """A Triton error carrying the exception's message (the full type only for unexpected failures)."""
-    if isinstance(exc, InputError):
-        return pb_utils.TritonError(str(exc))
+    if isinstance(exc, InputError):  # the client's fault: INVALID_ARG (HTTP 400 on Triton's HTTP endpoint)
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
 
 
