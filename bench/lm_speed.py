@@ -10,6 +10,7 @@ prefills a short zero-shot prompt, then decodes --frames frames with the default
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     checkpoint = ensure_checkpoint(args.checkpoint_dir)
     print(f"DualAR full size, random weights, {args.device}, {args.threads} threads, {args.frames} frames")
+    # Other processes on a small machine change these figures a lot; the load average says how busy it was.
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
     for name in args.precision:
         r = run(checkpoint, PRECISIONS[name], args.device, args.frames, args.warmup)
         print(
@@ -83,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['prefill_s']:.2f} s, decode {r['decode_fps']:.2f} frames/s)",
             flush=True,
         )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
 
