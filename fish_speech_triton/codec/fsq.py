@@ -66,7 +66,8 @@ class GroupedFSQ(nn.Module):
     def values_from_indices(self, indices: Tensor) -> Tensor:
         """[B, G, F] indices -> [B, G, F, n_levels] quantised values in [-1, 1]: (digit - h) / h."""
         digits = (indices.long()[..., None] // self.basis) % self.levels
-        dtype = self.rvqs[0].project_out.weight.dtype  # float16 when the decoder is exported in half precision
+        # float16 when the decoder is exported in half precision
+        dtype = self.rvqs[0].project_out.weight.dtype
         return (digits - self.half_width).to(dtype) / self.half_width
 
     def decode(self, indices: Tensor) -> Tensor:

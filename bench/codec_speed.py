@@ -1,0 +1,124 @@
+"""Codec speed on the CPU: real-time factors of PyTorch eager and onnxruntime, same machine, same run.
+
+    .venv/bin/python -m bench.codec_speed [--seconds 10] [--threads 2] [--repeats 3] [--checkpoint-path GEN.pth]
+
+Without --checkpoint-path, a random checkpoint of the full firefly_gan_vq architecture is written to a temporary
+directory (speed does not depend on the weights). RTF = compute time / audio duration (below 1: faster than
+real time). Rows: PyTorch float32, PyTorch bfloat16 autocast, onnxruntime CPU float32; each the best of
+`--repeats` runs after one warm-up run (the best, not the median: on a shared machine other processes only ever
+add time). Also printed: how many codes equal the float32 PyTorch codes, and the decoded audio's max |diff|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.codec_onnx import DECODER_FILE, ENCODER_FILE, export_decoder, export_encoder, onnx_session
+from fish_speech_triton.audio import synthetic_speech
+from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
+from fish_speech_triton.codec.config import load_codec_config
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.codec_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length (default 10 s)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, best kept (default 5)")
+    parser.add_argument("--checkpoint-path", help="codec generator .pth (default: random, full architecture)")
+    args = parser.parse_args(argv)
+
+    start_load = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        config = load_codec_config()
+        checkpoint = args.checkpoint_path or write_random_codec_checkpoint(work / "codec.pth", config)
+        codec = load_codec(checkpoint, config)
+        export_encoder(codec, work / ENCODER_FILE)
+        export_decoder(codec, work / DECODER_FILE)
+        encoder, decoder = (
+            onnx_session(work / ENCODER_FILE, args.threads),
+            onnx_session(work / DECODER_FILE, args.threads),
+        )
+
+        audio = synthetic_speech(args.seconds, codec.sample_rate)[None, None]
+        audio_t = torch.from_numpy(audio)
+        with torch.inference_mode():
+            codes_t = codec.encode(audio_t)[0]
+        codes = codes_t.numpy().astype(np.int32)
+        no_context = np.zeros(1, dtype=np.int64)
+
+        def eager(call: Callable[[], torch.Tensor], bf16: bool) -> Callable[[], np.ndarray]:
+            def run() -> np.ndarray:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    return call().float().numpy()
+
+            return run
+
+        def encode_eager() -> torch.Tensor:
+            return codec.encode(audio_t)[0]
+
+        def decode_eager() -> torch.Tensor:
+            return codec.decode(codes_t)
+
+        rows = [
+            ("PyTorch eager fp32", eager(encode_eager, False), eager(decode_eager, False)),
+            ("PyTorch eager bf16 autocast", eager(encode_eager, True), eager(decode_eager, True)),
+            (
+                "onnxruntime CPU fp32",
+                lambda: encoder.run(["codes"], {"audio": audio})[0],
+                lambda: decoder.run(["audio"], {"codes": codes, "context_frames": no_context})[0],
+            ),
+        ]
+        reference = eager(decode_eager, False)()
+        bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        print(
+            f"codec real-time factors (compute time / audio time), {args.seconds:g} s of audio ({codes.shape[-1]} "
+            f"frames), {args.threads} threads, best of {args.repeats}; torch {torch.__version__}, "
+            f"onnxruntime {ort_version()}, CPU has native bf16: {bf16}"
+        )
+        print(
+            f"{'runtime':<30} {'encode RTF':>10} {'codes = fp32':>12} {'decode RTF':>10} {'max |diff|':>10}"
+        )
+        for name, encode, decode in rows:
+            same_codes = float((encode().astype(np.int64) == codes).mean())
+            diff = float(np.abs(decode() - reference).max())
+            enc = _best_seconds(encode, args.repeats) / args.seconds
+            dec = _best_seconds(decode, args.repeats) / args.seconds
+            print(f"{name:<30} {enc:>10.3f} {same_codes:>12.2%} {dec:>10.3f} {diff:>10.1e}", flush=True)
+        # Other processes on a shared machine slow both runtimes: the load average says how much to trust this.
+        print(
+            f"load average at start {start_load:.2f}, at end {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
