@@ -143,12 +143,14 @@ class FireflyCodec(nn.Module):
         if not torch.jit.is_tracing():
             self._check_audio(audio, lengths)
         audio = audio.float()
-        mel_lengths = None if lengths is None else lengths // self.config.spec_transform.hop_length
-        codes = self.quantizer.encode(self.backbone(self.spec_transform(audio, lengths)), mel_lengths)
         if lengths is None:
+            codes = self.quantizer.encode(self.backbone(self.spec_transform(audio)))
             return codes, torch.full(
                 (codes.shape[0],), codes.shape[-1], dtype=torch.long, device=codes.device
             )
+        lengths = lengths.to(audio.device)
+        mel_lengths = lengths // self.config.spec_transform.hop_length
+        codes = self.quantizer.encode(self.backbone(self.spec_transform(audio, lengths)), mel_lengths)
         frame_lengths = self.num_frames(lengths)
         return codes * _sequence_mask(frame_lengths, codes.shape[-1], codes.dtype), frame_lengths
 
@@ -164,6 +166,7 @@ class FireflyCodec(nn.Module):
         latent = self.quantizer.decode(codes)
         if lengths is None:
             return self.head(latent)
+        lengths = lengths.to(latent.device)
         latent = latent * _sequence_mask(lengths * self.latents_per_frame, latent.shape[-1], latent.dtype)
         audio = self.head(latent)
         return audio * _sequence_mask(lengths * self.samples_per_frame, audio.shape[-1], audio.dtype)
