@@ -31,39 +31,57 @@ async def connect_async(url: str, model: str) -> grpcclient_aio.InferenceServerC
     return client
 
 
+def failure(url: str, model: str, status: str, message: str) -> ServerError | ServerUnavailable:
+    """The error for a failed call: the server unreachable, or its answer for `model`."""
+    if "UNAVAILABLE" in status:
+        return ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {message}")
+    return ServerError(f"{model}: {message}")
+
+
 async def stream_async(
     client: grpcclient_aio.InferenceServerClient,
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
     timeout_s: float = 600.0,
+    url: str = "",
 ) -> AsyncIterator[dict[str, np.ndarray]]:
-    """Send one request on a new stream and yield each non-final response's outputs as they arrive."""
-    finished = asyncio.Event()
+    """Send one request on a new stream and yield each non-final response's outputs as they arrive.
 
-    async def requests():
+    Closing the generator early (the caller went away) cancels the request on the server. A stream that
+    ends without Triton's final response is an error, never a silently short result.
+    """
+    done = asyncio.Event()
+
+    async def requests():  # the request stream stays open until the last response has arrived
         yield {
             "model_name": model,
             "inputs": [make_input(name, value) for name, value in inputs.items()],
             "parameters": {"triton_enable_empty_final_response": True},
         }
-        await finished.wait()  # keep our side of the stream open until the last response
+        await done.wait()
 
     responses = client.stream_infer(requests(), stream_timeout=timeout_s)
+    finished = False
     try:
         async for result, error in responses:
             if error is not None:
+                finished = True
                 raise ServerError(f"{model}: {error.message()}")
             data = {name: result.as_numpy(name) for name in outputs if result.as_numpy(name) is not None}
             if data:
                 yield data
             final = result.get_response().parameters.get("triton_final_response")
             if final is not None and final.bool_param:
+                finished = True
                 return
+        raise ServerError(f"{model}: the stream ended before the final response")
     except grpc.aio.AioRpcError as exc:
+        finished = True
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise ServerError(f"{model}: no complete answer within {timeout_s:.0f} s") from exc
-        raise ServerError(f"{model}: {exc.details()}") from exc
+        raise failure(url, model, str(exc.code()), exc.details() or str(exc.code())) from exc
     finally:
-        finished.set()
-        responses.cancel()
+        done.set()
+        if not finished:
+            responses.cancel()

@@ -5,15 +5,14 @@ concurrently on the server's in-flight batching. Errors arrive as `ServerError` 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 
-import grpc
 import numpy as np
 from tritonclient.grpc import aio
 from tritonclient.utils import InferenceServerException
 
-from client.triton_stream import ServerError, ServerUnavailable, make_input
+from client.triton_aio import failure, stream_async
+from client.triton_stream import make_input
 
 
 class TritonBackend:
@@ -27,50 +26,14 @@ class TritonBackend:
     async def close(self) -> None:
         await self.client.close()
 
-    def _failure(self, model: str, status: str, message: str) -> ServerError | ServerUnavailable:
-        if "UNAVAILABLE" in status:
-            return ServerUnavailable(f"no Triton server reachable at {self.url} (gRPC): {message}")
-        return ServerError(f"{model}: {message}")
-
-    async def stream(
+    def stream(
         self, model: str, inputs: Mapping[str, object], outputs: tuple[str, ...]
     ) -> AsyncIterator[dict[str, np.ndarray]]:
         """Send one request on a new stream; yield each non-final response's outputs as it arrives.
 
         Closing the generator early (the HTTP client went away) cancels the request on the server.
         """
-        done = asyncio.Event()
-
-        async def requests():  # the request stream stays open until the last response has arrived
-            yield {
-                "model_name": model,
-                "inputs": [make_input(name, value) for name, value in inputs.items()],
-                "parameters": {"triton_enable_empty_final_response": True},
-            }
-            await done.wait()
-
-        responses = self.client.stream_infer(requests(), stream_timeout=self.timeout_s)
-        finished = False
-        try:
-            async for result, error in responses:
-                if error is not None:
-                    finished = True
-                    raise ServerError(f"{model}: {error.message()}")
-                data = {name: result.as_numpy(name) for name in outputs if result.as_numpy(name) is not None}
-                if data:
-                    yield data
-                final = result.get_response().parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    finished = True
-                    return
-            raise ServerError(f"{model}: the stream ended before the final response")
-        except grpc.aio.AioRpcError as exc:
-            finished = True
-            raise self._failure(model, str(exc.code()), exc.details() or str(exc.code())) from exc
-        finally:
-            done.set()
-            if not finished:
-                responses.cancel()
+        return stream_async(self.client, model, inputs, outputs, self.timeout_s, self.url)
 
     async def infer(
         self, model: str, inputs: Mapping[str, object], outputs: tuple[str, ...]
@@ -83,5 +46,5 @@ class TritonBackend:
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
-            raise self._failure(model, str(exc.status()), exc.message()) from exc
+            raise failure(self.url, model, str(exc.status()), exc.message()) from exc
         return {name: result.as_numpy(name) for name in outputs}
