@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +139,28 @@ def test_llama_semantic_with_reference_codes(client, lm):
     codes, _ = semantic_codes(client, inputs)
     reference = Reference(ref_text, torch.from_numpy(ref_codes).long())
     np.testing.assert_array_equal(codes, offline_codes(lm, "Say this with the voice.", (reference,)))
+
+
+def test_llama_semantic_equals_the_offline_text2semantic_tool(client, triton_deployment, tmp_path):
+    """The same greedy request through Triton and through the offline command line gives the same codes."""
+    text = "The offline tool and the server agree."
+    ref_codes = np.random.default_rng(6).integers(0, 1000, (8, 9)).astype(np.int32)
+    np.save(tmp_path / "ref.npy", ref_codes)
+    # chunk_length 200 on both sides: the tool's default is the original CLI's 100, the server's the API's 200
+    subprocess.run(
+        [sys.executable, "-m", "fish_speech_triton.tools.text2semantic", "--text", text,
+         "--prompt-text", "The reference.", "--prompt-tokens", str(tmp_path / "ref.npy"),
+         "--checkpoint-path", str(triton_deployment.checkpoint.lm_dir), "--device", "cpu", "--precision", "fp32",
+         "--top-p", str(GREEDY["TOP_P"]), "--repetition-penalty", str(GREEDY["REPETITION_PENALTY"]),
+         "--max-new-tokens", str(GREEDY["MAX_NEW_TOKENS"]), "--chunk-length", "200", "--seed", "1",
+         "--output-dir", str(tmp_path)],
+        check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    offline = np.load(tmp_path / "codes_0.npy")
+    inputs = greedy_inputs(text, REFERENCE_CODES=ref_codes, REFERENCE_TEXT="The reference.")
+    served, _ = semantic_codes(client, inputs)
+    assert offline.dtype == np.int32
+    np.testing.assert_array_equal(served, offline)
 
 
 # ---------------------------------------------------------------------------------------------- ensemble
