@@ -84,8 +84,6 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         decoder_config=checkpoint.codec_config,
         output_dir=(args.output_dir / "model_repository").resolve(),
         kv_slots=kv_slots,
-        # Not the builder's default (inside the repository), where tritonserver takes it for a model.
-        references_dir=(args.output_dir / "references").resolve(),
     )
     ensure_repository(opts)
     log = args.output_dir / "tritonserver.log"
