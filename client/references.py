@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--references-dir",
         type=Path,
         default=DEFAULT_DIR,
-        help=f"the folder the server reads (default {DEFAULT_DIR}, where `serve` builds it)",
+        help=f"the folder the server reads, its --references-dir (default {DEFAULT_DIR}, serve's default)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_parser = commands.add_parser("add", help="store a sample of a voice (audio + transcript)")

@@ -3,10 +3,12 @@
 python -m client.perf.run_perf --url 127.0.0.1:8001 [--models ensemble,llama_semantic] [--concurrency-range 1:8:2]
 
 Each model is driven with its input file of this folder (`<model>.json`); the decoupled ones (the ensemble
-and llama_semantic) with `--streaming`, for which perf_analyzer's latency is the time to the FIRST response
-(first audio, first codes) and "Response Throughput" counts chunks. Its report goes to the terminal and its
-CSV to `--output-dir/<model>.csv`. Arguments after `--` go to perf_analyzer as they are, e.g.
-`-- --stability-percentage 50 --max-trials 5` when long requests keep the windows from stabilising.
+and llama_semantic) with `--streaming`. For those, perf_analyzer 2.51 prints "using the first response for
+measuring latency" but reports the whole stream's latency (measured: first chunk after 2.4 s, stream done
+after 8.7 s, perf_analyzer 8.9 s); "Response Throughput" counts chunks. Time to first audio comes from
+`bench.load`. The report goes to the terminal and the CSV to `--output-dir/<model>.csv`. Arguments after
+`--` go to perf_analyzer as they are, e.g. `-- --measurement-mode count_windows --measurement-request-count 3`
+when long requests keep time windows from stabilising.
 
 perf_analyzer (from the tritonclient wheel) needs libb64.so.0d and libcudart.so.12; the Triton wheel
 (nvidia-pytriton) ships both under other names, so they are linked under those names in a temporary
