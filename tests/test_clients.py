@@ -14,7 +14,7 @@ from triton_fixtures import STORED_VOICE
 
 from client import decode, encode, generate, references, tts
 from fish_speech_triton.audio import save_wav, synthetic_speech
-from fish_speech_triton.tools import vqgan
+from fish_speech_triton.tools import text2semantic, vqgan
 from fish_speech_triton.tools.cli import run_cli
 
 SAMPLES_PER_FRAME = 2048
@@ -121,10 +121,33 @@ def test_codes_files_mix_between_the_clients_and_the_offline_tools(
     assert in_process(encode.main, "-i", str(reference_wav), "-o", str(tmp_path / "client.npy"), *url) == 0
     theirs = offline_decode(triton_deployment, tmp_path / "client.npy", tmp_path / "theirs.wav")
     assert theirs.shape == ours.shape
-    # the offline tool's fake.npy as client.generate's prompt
+    # the offline tool's fake.npy as client.generate's prompt; its codes_0.npy -> the offline decoder
     args = ("--text", "Hi.", "--prompt-text", "Ref.", "--prompt-tokens", str(offline_codes))
-    assert in_process(generate.main, *args, "--max-new-tokens", "4", "--output-dir", str(tmp_path), *url) == 0
-    assert np.load(tmp_path / "codes_0.npy").shape == (8, 4)
+    assert in_process(generate.main, *args, "--max-new-tokens", "8", "--output-dir", str(tmp_path), *url) == 0
+    generated = tmp_path / "codes_0.npy"
+    offline = offline_decode(triton_deployment, generated, tmp_path / "generated_offline.wav")
+    assert in_process(decode.main, "-i", str(generated), "-o", str(tmp_path / "generated.wav"), *url) == 0
+    np.testing.assert_allclose(sf.read(tmp_path / "generated.wav", dtype="float32")[0], offline, atol=2e-3)
+    # the offline text2semantic's codes_0.npy -> client.decode
+    lm_args = ["--text", "Offline.", "--checkpoint-path", str(triton_deployment.checkpoint.lm_dir)]
+    lm_args += [
+        "--max-new-tokens",
+        "6",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "t2s"),
+    ]
+    assert text2semantic.main(lm_args) == 0
+    assert (
+        in_process(
+            decode.main, "-i", str(tmp_path / "t2s" / "codes_0.npy"), "-o", str(tmp_path / "t2s.wav"), *url
+        )
+        == 0
+    )
+    assert sf.info(tmp_path / "t2s.wav").frames == 6 * SAMPLES_PER_FRAME
 
 
 def test_generate_with_a_stored_voice(triton_deployment, tmp_path):
