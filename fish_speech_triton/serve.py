@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -52,6 +53,20 @@ def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
     return host, int(port)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (kill, Kubernetes, a script's trap) both stop the server cleanly.
+
+    A background job of a non-interactive shell starts with SIGINT ignored; restore it, and turn SIGTERM
+    into the same KeyboardInterrupt so that tritonserver is stopped on the way out.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fish_speech_triton.serve",
@@ -76,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_gateway_arguments(parser)
     args = parser.parse_args(argv)
+    _stop_on_signals()
     api_address = parse_listen(args.api_listen, "--api-listen") if args.api_listen else None
 
     if args.demo and not (args.llama_checkpoint_path or args.decoder_checkpoint_path):

@@ -167,7 +167,9 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a background job of a non-interactive shell starts with SIGINT ignored,
+            # and the child inherits that. tritonserver shuts down gracefully on either.
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

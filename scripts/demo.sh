@@ -32,7 +32,7 @@ LOG="$(mktemp -t fish-speech-serve.XXXXXX.log)"
 python -m fish_speech_triton.serve "${CHECKPOINT_ARGS[@]}" --model-repository "$REPO" \
     --listen "127.0.0.1:$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 
 echo "[demo] starting the server (log: $LOG)"
 for _ in $(seq 1 600); do
