@@ -76,3 +76,18 @@ def error(exc: BaseException) -> Any:
 
 def error_response(exc: BaseException) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=error(exc))
+
+
+def respond_each(requests: list[Any], outputs: Callable[[Any], dict[str, np.ndarray]]) -> list[Any]:
+    """One response per request of a non-decoupled model: `outputs(request)`'s tensors, or its error.
+
+    A failing request gets its own error response; the others in the batch, and the model, go on.
+    """
+    responses = []
+    for request in requests:
+        try:
+            tensors = [pb_utils.Tensor(name, array) for name, array in outputs(request).items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        except Exception as exc:
+            responses.append(error_response(exc))
+    return responses

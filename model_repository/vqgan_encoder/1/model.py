@@ -1,15 +1,14 @@
 """vqgan_encoder: reference audio -> prompt codes (see config.pbtxt for the tensor contract)."""
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
 from fish_speech_triton.serving.codec_runtime import SAMPLE_RATE, OnnxEncoder
 from fish_speech_triton.serving.triton_io import (
     device_of,
-    error_response,
     input_array,
     model_parameters,
     optional_scalar,
+    respond_each,
     version_dir,
 )
 
@@ -24,17 +23,12 @@ class TritonPythonModel:
             max_seconds=float(params.get("max_reference_seconds", "90")),
         )
 
+    def _encode(self, request):
+        audio = input_array(request, "AUDIO")
+        if audio is None:  # no reference: empty codes, so the ensemble's LM step runs without one
+            return {"CODES": np.zeros((8, 0), dtype=np.int32)}
+        rate = optional_scalar(request, "SAMPLE_RATE", int, SAMPLE_RATE)
+        return {"CODES": self.encoder.encode(audio, rate)}
+
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                audio = input_array(request, "AUDIO")
-                if audio is None:
-                    codes = np.zeros((8, 0), dtype=np.int32)
-                else:
-                    rate = optional_scalar(request, "SAMPLE_RATE", int, SAMPLE_RATE)
-                    codes = self.encoder.encode(audio, rate)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("CODES", codes)]))
-            except Exception as exc:  # every failure becomes this request's error, the server keeps serving
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._encode)
