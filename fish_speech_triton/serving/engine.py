@@ -98,8 +98,17 @@ class CodeStreamer:
 class _Sequence:
     """One request in a slot: its text segments, prompt history and the state of the current segment."""
 
-    def __init__(self, request: GenerationRequest, sink: Sink, slot: int, streamer: CodeStreamer, device):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        sink: Sink,
+        slot: int,
+        streamer: CodeStreamer,
+        prefix: Tensor,
+        device,
+    ):
         self.request = request
+        self.prefix = prefix  # system prompt + reference turns: the same for every segment
         self.sink = sink
         self.slot = slot
         self.streamer = streamer
@@ -243,16 +252,16 @@ class SemanticEngine:
     def _admit(self, request: GenerationRequest, sink: Sink, slot: int) -> None:
         chunk = request.stream_chunk_frames or self.stream_chunk_frames
         streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
-        seq = None
-        try:
-            if sink.cancelled():
-                raise _Cancelled
-            seq = _Sequence(request, sink, slot, streamer, self.device)
-            self._active[slot] = seq
-            self._start_segment(seq)
-        except _Cancelled:
+        if sink.cancelled():
             self._release(slot)
             sink.close(None)
+            return
+        seq = None
+        try:
+            prefix = self.builder.prefix(request.references)
+            seq = _Sequence(request, sink, slot, streamer, prefix, self.device)
+            self._active[slot] = seq
+            self._start_segment(seq)
         except Exception as exc:  # this request fails alone; the others go on
             if seq is not None:
                 self._finish(seq, exc)
@@ -262,7 +271,7 @@ class SemanticEngine:
 
     def _start_segment(self, seq: _Sequence) -> None:
         """Prefill the prompt of the sequence's next segment and take its first frame."""
-        prefix = self.builder.prefix(seq.request.references)
+        prefix = seq.prefix
         seq.history.append(self.builder.segment(seq.segments[seq.segment_index]))
         prompt = torch.cat(
             [prefix, *select_history(seq.history, MAX_LENGTH - HISTORY_RESERVE - prefix.shape[1])], 1
@@ -270,13 +279,15 @@ class SemanticEngine:
         params = seq.request.params
         seq.prompt_length = prompt.shape[1]
         seq.budget = frame_budget(seq.prompt_length, params.max_new_tokens, self.model.cache_seq_len)
+        cacheable = seq.segment_index == 0 and prefix.shape[1] > 0 and self.prefix_cache_size > 0
+        key = hashlib.sha1(prefix.numpy().tobytes()).hexdigest() if cacheable else ""
         if seq.segment_index == 0:
-            start = self._restore_prefix(prefix, seq.slot)
+            start = self._restore_prefix(key, prefix.shape[1], seq.slot) if cacheable else 0
         else:
             start = prefix.shape[1]  # the slot still holds the prefix from the first segment
         seq.frame = prefill(self.model, prompt, seq.slot, params, seq.generator, start_pos=start)
-        if seq.segment_index == 0 and start == 0:
-            self._remember_prefix(prefix, seq.slot)
+        if cacheable and start == 0:
+            self._remember_prefix(key, prefix.shape[1], seq.slot)
         seq.step = 0
         seq.frames = [seq.frame.cpu()]
         if self._static is not None:  # the static decoder keeps windows on the device, per slot
@@ -286,24 +297,17 @@ class SemanticEngine:
             seq.window = RepetitionWindow(seq.frame.shape[0], seq.budget, self.device)
         self._after_frame(seq)
 
-    def _prefix_key(self, prefix: Tensor) -> str:
-        return hashlib.sha1(prefix.numpy().tobytes()).hexdigest()
-
-    def _restore_prefix(self, prefix: Tensor, slot: int) -> int:
-        """Copy a cached prefix (system prompt + references) into `slot`; return how many positions it covers."""
-        if not prefix.shape[1] or not self.prefix_cache_size:
-            return 0
-        cached = self._prefixes.get(self._prefix_key(prefix))
+    def _restore_prefix(self, key: str, length: int, slot: int) -> int:
+        """Copy the cached KV of a prefix (system prompt + references) into `slot`; the positions it covers."""
+        cached = self._prefixes.get(key)
         if cached is None:
             return 0
-        self._prefixes.move_to_end(self._prefix_key(prefix))
+        self._prefixes.move_to_end(key)
         self.model.import_prefix(slot, cached)
-        return prefix.shape[1]
+        return length
 
-    def _remember_prefix(self, prefix: Tensor, slot: int) -> None:
-        if not prefix.shape[1] or not self.prefix_cache_size:
-            return
-        self._prefixes[self._prefix_key(prefix)] = self.model.export_prefix(slot, prefix.shape[1])
+    def _remember_prefix(self, key: str, length: int, slot: int) -> None:
+        self._prefixes[key] = self.model.export_prefix(slot, length)
         while len(self._prefixes) > self.prefix_cache_size:
             self._prefixes.popitem(last=False)
 
@@ -378,10 +382,6 @@ class SemanticEngine:
         self._active.pop(slot, None)
         with self._cond:
             self._free.append(slot)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def generate_codes(engine: SemanticEngine, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
