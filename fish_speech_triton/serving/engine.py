@@ -142,8 +142,12 @@ class SemanticEngine:
         max_seq_len: int | None = None,
         on_load: Callable[[int, int], None] | None = None,
         fast_decode: bool = False,
+        threads: int = 0,
     ) -> None:
         """`on_load(pending, active)` is called from the scheduler thread whenever either count changes.
+
+        `threads`: intra-op threads of the scheduler thread, which runs every prefill and decode step
+        (0: whatever PyTorch uses when it starts). Keep the constructing thread serial (serving.threads).
 
         `fast_decode`: each decode step, sampling included, runs over all slots with fixed shapes and, on a
         GPU, replays as one CUDA graph (lm.static_decode). Greedy decoding is unchanged; sampling draws its
@@ -168,6 +172,7 @@ class SemanticEngine:
         self._stopping = False
         self._on_load = on_load
         self._load = (0, 0)
+        self._threads = threads
         self._thread = threading.Thread(target=self._run, name="semantic-engine", daemon=True)
         self._thread.start()
 
@@ -207,6 +212,8 @@ class SemanticEngine:
     # ------------------------------------------------------------------ scheduler
 
     def _run(self) -> None:
+        if self._threads > 0:
+            torch.set_num_threads(self._threads)
         with torch.inference_mode():
             while True:
                 try:
