@@ -1,6 +1,7 @@
 """LM serving speed: the batched engine (eager or fast decode) against the faithful one-request loop.
 
     python -m bench.lm_engine [--device cpu|cuda] [--precision bf16] [--concurrency 1 8 32] [--frames 128]
+        [--fast-decode] [--weight-quantization int4] [--semantic-head-only] [--check] [--pipeline]
 
 Full-size random checkpoint (written once to --checkpoint-dir). The baseline is the faithful offline loop
 (`lm.generation.generate`, one request at a time, eager PyTorch); the engine runs `concurrency` requests at
@@ -8,11 +9,14 @@ once in its KV-cache slots. Every request decodes exactly --frames frames (rando
 themselves; max_new_tokens bounds them). Prints frames/s per stream, aggregate frames/s, audio seconds per
 wall second (21.53 frames = 1 s) and the ratios to the baseline measured in the same run. With --check it
 first verifies on the small test checkpoint that the fast path gives the faithful path's greedy codes.
+The levers (--weight-quantization, --semantic-head-only) apply to the engine's model only: the baseline is
+always the faithful model.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -26,6 +30,7 @@ from bench.lm_speed import PRECISIONS, TEXT, ensure_checkpoint
 from fish_speech_triton.lm.checkpoint import load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import SamplingParams, generate
+from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
 from fish_speech_triton.lm.prompt import PromptBuilder, Reference
 from fish_speech_triton.serving.engine import (
     CollectingSink,
@@ -33,6 +38,7 @@ from fish_speech_triton.serving.engine import (
     SemanticEngine,
     generate_codes,
 )
+from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
 
 FRAMES_PER_SECOND = 44100 / 2048
 
@@ -90,7 +96,7 @@ class FirstChunkSink(CollectingSink):
         super().send(codes, context_frames)
 
 
-def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames: int) -> None:
+def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames: int, threads: int) -> None:
     """One stream with a ~10 s reference, its audio decoded chunk by chunk by the full-size codec (PyTorch).
 
     Time to first audio = first code chunk + its decode; real-time factor = (LM time + decode time of every
@@ -99,9 +105,12 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
     from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
     from fish_speech_triton.codec.config import load_codec_config
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_random_codec_checkpoint(Path(tmp) / "codec.pth", load_codec_config())
-        codec = load_codec(path, device=device)
+    def load():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_random_codec_checkpoint(Path(tmp) / "codec.pth", load_codec_config())
+            return load_codec(path, device=device)
+
+    codec = run_on_worker_thread(load, threads)
     reference = Reference(
         "This is the reference speaker reading a sentence of ten seconds or so.",
         torch.randint(0, 1000, (8, reference_frames)),
@@ -117,14 +126,15 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
         synchronize(device)
         return time.perf_counter() - started
 
-    decode(np.zeros((8, 24), dtype=np.int64), 16)  # warm the codec's kernels, as on a live server
+    # warm the codec's kernels, as on a live server
+    run_on_worker_thread(lambda: decode(np.zeros((8, 24), dtype=np.int64), 16), threads)
     for _ in range(2):  # the second run is timed (warm kernels and prefix cache, as on a live server)
         sink = FirstChunkSink()
         started = time.perf_counter()
         engine.submit(request, sink)
         codes = sink.result()
         lm_seconds = time.perf_counter() - started
-    decode_times = [decode(chunk, context) for chunk, context in sink.chunks]
+    decode_times = run_on_worker_thread(lambda: [decode(codes, ctx) for codes, ctx in sink.chunks], threads)
     ttfa = sink.first_at - started + decode_times[0]
     audio_seconds = codes.shape[1] / FRAMES_PER_SECOND
     rtf = (lm_seconds + sum(decode_times)) / audio_seconds
@@ -137,18 +147,24 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
     )
 
 
-def check_parity(device: str, fast_decode: bool) -> None:
-    """Greedy codes of the engine (with the fast path) equal the faithful loop's on the small checkpoint."""
+def check_parity(device: str, fast_decode: bool, levers: LmLevers) -> None:
+    """Greedy codes of the engine (with the fast path) equal the faithful loop's on the small checkpoint.
+
+    With levers, both run the changed model; the faithful loop with plain matmuls (`kernel_rows=0`).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         write_random_lm_checkpoint(Path(tmp), DualARConfig.small(), seed=0)
-        model, tokenizer = load_lm(tmp, device=device, dtype=torch.float32)
+        reference, tokenizer = load_lm(tmp, device=device, dtype=torch.float32)
+        levers.apply(reference, tokenizer, kernel_rows=0)
+        model, _ = load_lm(tmp, device=device, dtype=torch.float32)
+        levers.apply(model, tokenizer)
         greedy = SamplingParams(top_p=1e-6, repetition_penalty=1.3, max_new_tokens=40)
         texts = [f"{TEXT} Variant {i}." for i in range(6)]
-        model.setup_caches(1)
+        reference.setup_caches(1)
         builder = PromptBuilder(tokenizer, model.config.num_codebooks)
         expected = [
             generate(
-                model,
+                reference,
                 builder.prompt(t),
                 im_end_id=tokenizer.im_end_id,
                 params=greedy,
@@ -172,7 +188,8 @@ def check_parity(device: str, fast_decode: bool) -> None:
         same = sum(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
         same_sampled = sum(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
         print(
-            f"parity (small checkpoint, fp32, fast_decode={fast_decode}): greedy {same}/{len(texts)} requests "
+            f"parity (small checkpoint, fp32, fast_decode={fast_decode}, {levers.describe()}): greedy "
+            f"{same}/{len(texts)} requests "
             f"equal the faithful loop; seeded sampling {same_sampled}/4 equal alone and batched",
             flush=True,
         )
@@ -197,22 +214,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also time to first audio and RTF of one stream with the codec",
     )
+    add_lever_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    levers = levers_from_args(args)
+    # Compute runs on worker threads (the baseline's ends before the engine's starts): serving.threads.
+    threads = keep_main_thread_serial(args.threads)
     if args.check:
-        check_parity(args.device, args.fast_decode)
+        run_on_worker_thread(lambda: check_parity(args.device, args.fast_decode, levers), threads)
     checkpoint = ensure_checkpoint(args.checkpoint_dir)
-    model, tokenizer = load_lm(checkpoint, device=args.device, dtype=PRECISIONS[args.precision])
-    base = baseline_fps(model, tokenizer, args.device, args.frames)
     print(
-        f"DualAR full size, random weights, {args.device}, {args.precision}, {args.frames} frames per request"
+        f"DualAR full size, random weights, {args.device}, {args.precision}, {threads} threads, "
+        f"{args.frames} frames per request; load average {os.getloadavg()[0]:.2f}"
     )
+
+    def load_and_measure_baseline():
+        model, tokenizer = load_lm(checkpoint, device=args.device, dtype=PRECISIONS[args.precision])
+        base = baseline_fps(model, tokenizer, args.device, args.frames)
+        levers.apply(model, tokenizer)  # after the baseline, which runs the faithful model
+        return model, tokenizer, base
+
+    model, tokenizer, base = run_on_worker_thread(load_and_measure_baseline, threads)
     print(
         f"baseline (faithful loop, one request at a time): {base:.1f} frames/s = "
         f"{base / FRAMES_PER_SECOND:.2f} audio s per wall s",
         flush=True,
     )
-    engine = SemanticEngine(model, tokenizer, num_slots=max(args.concurrency), fast_decode=args.fast_decode)
+    print(f"engine: {levers.describe()}, fast_decode={args.fast_decode}", flush=True)
+    engine = SemanticEngine(
+        model, tokenizer, num_slots=max(args.concurrency), fast_decode=args.fast_decode, threads=threads
+    )
     try:
         engine_run(engine, 1, 4, args.device)  # warm-up
         print("| concurrency | per stream frames/s | aggregate frames/s | audio s / wall s | vs baseline |")
@@ -226,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         if args.pipeline:
-            pipeline(engine, args.device, args.frames, reference_frames=215)
+            pipeline(engine, args.device, args.frames, reference_frames=215, threads=threads)
     finally:
         engine.stop()
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hub import resolve_checkpoint, resolve_codec_checkpoint
+from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
 from fish_speech_triton.tools.cli import run_cli
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
@@ -45,6 +46,8 @@ class RepositoryOptions:
     stream_chunk_frames: int = 32
     references_dir: Path | None = None  # default: beside the repository (see default_references_dir)
     fast_decode: bool = False
+    weight_quantization: str = "none"
+    semantic_head_only: bool = False
     opset: int = 17
     verify: bool = True
 
@@ -72,6 +75,8 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "stream_chunk_frames": str(opts.stream_chunk_frames),
         "torch_threads": str(opts.torch_threads),
         "fast_decode": "true" if opts.fast_decode else "false",
+        "weight_quantization": opts.weight_quantization,
+        "semantic_head_only": "true" if opts.semantic_head_only else "false",
     }
 
 
@@ -116,7 +121,11 @@ def verify_lm(opts: RepositoryOptions) -> None:
     from fish_speech_triton.lm.checkpoint import load_lm
 
     print(f"[build] checking the LM checkpoint in {opts.llama_checkpoint}", file=sys.stderr)
-    load_lm(opts.llama_checkpoint, device="cpu")
+    model, tokenizer = load_lm(opts.llama_checkpoint, device="cpu")
+    levers = LmLevers(opts.weight_quantization, opts.semantic_head_only)
+    if not levers.faithful:
+        print(f"[build] checking that the LM takes its speed levers: {levers.describe()}", file=sys.stderr)
+        levers.apply(model, tokenizer)
 
 
 def build_repository(opts: RepositoryOptions) -> Path:
@@ -171,6 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LM decode steps over all slots with fixed shapes, one CUDA graph per step on a GPU "
         "(greedy output unchanged, sampling from per-request counter-based noise); auto: on for CUDA",
     )
+    add_lever_arguments(parser)
     parser.add_argument(
         "--references-dir",
         type=Path,
@@ -184,6 +194,9 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
     for name in ("kv_slots", "lm_instances", "codec_instances", "first_chunk_frames", "stream_chunk_frames"):
         if getattr(args, name) < 1:
             raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
+    levers = levers_from_args(args)
+    if levers.weight_quantization != "none" and not args.device.startswith("cpu"):
+        raise FishSpeechError("--weight-quantization runs on CPU only (its packed kernels are CPU kernels)")
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     return RepositoryOptions(
         llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
@@ -201,6 +214,8 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         references_dir=args.references_dir,
         fast_decode=args.fast_decode == "on"
         or (args.fast_decode == "auto" and args.device.startswith("cuda")),
+        weight_quantization=levers.weight_quantization,
+        semantic_head_only=levers.semantic_head_only,
     )
 
 

@@ -44,6 +44,8 @@ def test_cpu_build(tmp_path, triton_checkpoint):
         and parameter(llama, "precision") == "fp32"
     )
     assert parameter(llama, "kv_slots") == "5" and parameter(llama, "fast_decode") == "false"
+    assert parameter(llama, "weight_quantization") == "none"  # the faithful model unless asked
+    assert parameter(llama, "semantic_head_only") == "false"
     assert parameter(configs["vqgan_decoder"], "device") == "cpu"
     assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
 
@@ -56,6 +58,26 @@ def test_gpu_build_defaults_to_bf16_and_the_fast_decode_path(tmp_path, triton_ch
     assert parameter(configs["vqgan_encoder"], "device") == "cuda"
     off = configs_for(tmp_path / "off", triton_checkpoint, "--device", "cuda", "--fast-decode", "off")
     assert parameter(off["llama_semantic"], "fast_decode") == "false"
+
+
+def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
+    configs = configs_for(
+        tmp_path,
+        triton_checkpoint,
+        "--precision",
+        "bf16",
+        "--weight-quantization",
+        "int4",
+        "--semantic-head-only",
+    )
+    llama = configs["llama_semantic"]
+    assert parameter(llama, "weight_quantization") == "int4"
+    assert parameter(llama, "semantic_head_only") == "true"
+
+
+def test_weight_quantization_on_a_gpu_is_refused(tmp_path, triton_checkpoint):
+    with pytest.raises(FishSpeechError, match="CPU only"):
+        configs_for(tmp_path, triton_checkpoint, "--device", "cuda", "--weight-quantization", "int8")
 
 
 @pytest.mark.parametrize("flag", ["--kv-slots", "--stream-chunk-frames"])

@@ -15,28 +15,24 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from triton_fixtures import FIRST_CHUNK_FRAMES, KV_SLOTS, STORED_VOICE, STORED_VOICE_TEXT, STREAM_CHUNK_FRAMES
+from triton_fixtures import (
+    FIRST_CHUNK_FRAMES,
+    GREEDY,
+    KV_SLOTS,
+    STORED_VOICE,
+    STORED_VOICE_TEXT,
+    STREAM_CHUNK_FRAMES,
+    greedy_inputs,
+    offline_codes,
+    semantic_codes,
+)
 
 from client.triton_stream import ServerError, collect, infer, stream
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.lm.checkpoint import load_lm
-from fish_speech_triton.lm.generation import SamplingParams
-from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.lm.prompt import Reference
-
-GREEDY = {"TOP_P": 1e-6, "REPETITION_PENALTY": 1.3, "MAX_NEW_TOKENS": 20}
-
-
-def greedy_inputs(text: str, **extra) -> dict[str, object]:
-    inputs: dict[str, object] = {"TEXT": text}
-    inputs["TOP_P"] = np.array([GREEDY["TOP_P"]], dtype=np.float32)
-    inputs["REPETITION_PENALTY"] = np.array([GREEDY["REPETITION_PENALTY"]], dtype=np.float32)
-    inputs["MAX_NEW_TOKENS"] = np.array([GREEDY["MAX_NEW_TOKENS"]], dtype=np.int32)
-    inputs["SEED"] = np.array([1], dtype=np.int64)
-    inputs.update(extra)
-    return inputs
 
 
 @pytest.fixture(scope="module")
@@ -55,38 +51,9 @@ def lm(triton_deployment):
     return load_lm(triton_deployment.checkpoint.lm_dir)
 
 
-def offline_codes(lm, text: str, references=()) -> np.ndarray:
-    model, tokenizer = lm
-    params = SamplingParams(
-        top_p=GREEDY["TOP_P"],
-        repetition_penalty=GREEDY["REPETITION_PENALTY"],
-        max_new_tokens=GREEDY["MAX_NEW_TOKENS"],
-    )
-    codes = generate_long(
-        model,
-        tokenizer,
-        text,
-        references=references,
-        params=params,
-        generator=torch.Generator().manual_seed(1),
-    )
-    return codes.numpy()
-
-
 def offline_audio(codec, codes: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return codec.decode(torch.from_numpy(codes.astype(np.int64))[None])[0, 0].numpy()
-
-
-def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Codes of a llama_semantic stream with the context stripped, and (new frames, context) per chunk."""
-    result = collect(client, "llama_semantic", inputs, ("CODES", "CONTEXT_FRAMES"))
-    parts, layout = [], []
-    for chunk in result.chunks:
-        context = int(chunk["CONTEXT_FRAMES"][0])
-        parts.append(chunk["CODES"][:, context:])
-        layout.append((chunk["CODES"].shape[1] - context, context))
-    return np.concatenate(parts, axis=1), layout
 
 
 # ---------------------------------------------------------------------------------------------- stages

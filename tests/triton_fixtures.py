@@ -8,10 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from client.triton_stream import collect
 from export.build_repository import RepositoryOptions, build_repository
 from fish_speech_triton.audio import save_wav, synthetic_speech
+from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint, write_random_checkpoint
 from fish_speech_triton.triton_server import TritonServer
 
@@ -74,3 +79,47 @@ def triton_deployment(tmp_path_factory: pytest.TempPathFactory, triton_checkpoin
         pytest.fail(f"tritonserver did not start; end of its log:\n{log}")
     yield TritonDeployment(server, triton_checkpoint, repository, references)
     server.stop()
+
+
+# --- helpers of the tests against the server -----------------------------------------------------------------------
+
+GREEDY = {"TOP_P": 1e-6, "REPETITION_PENALTY": 1.3, "MAX_NEW_TOKENS": 20}
+
+
+def greedy_inputs(text: str, **extra) -> dict[str, object]:
+    inputs: dict[str, object] = {"TEXT": text}
+    inputs["TOP_P"] = np.array([GREEDY["TOP_P"]], dtype=np.float32)
+    inputs["REPETITION_PENALTY"] = np.array([GREEDY["REPETITION_PENALTY"]], dtype=np.float32)
+    inputs["MAX_NEW_TOKENS"] = np.array([GREEDY["MAX_NEW_TOKENS"]], dtype=np.int32)
+    inputs["SEED"] = np.array([1], dtype=np.int64)
+    inputs.update(extra)
+    return inputs
+
+
+def offline_codes(lm, text: str, references=()) -> np.ndarray:
+    model, tokenizer = lm
+    params = SamplingParams(
+        top_p=GREEDY["TOP_P"],
+        repetition_penalty=GREEDY["REPETITION_PENALTY"],
+        max_new_tokens=GREEDY["MAX_NEW_TOKENS"],
+    )
+    codes = generate_long(
+        model,
+        tokenizer,
+        text,
+        references=references,
+        params=params,
+        generator=torch.Generator().manual_seed(1),
+    )
+    return codes.numpy()
+
+
+def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Codes of a llama_semantic stream with the context stripped, and (new frames, context) per chunk."""
+    result = collect(client, "llama_semantic", inputs, ("CODES", "CONTEXT_FRAMES"))
+    parts, layout = [], []
+    for chunk in result.chunks:
+        context = int(chunk["CONTEXT_FRAMES"][0])
+        parts.append(chunk["CODES"][:, context:])
+        layout.append((chunk["CODES"].shape[1] - context, context))
+    return np.concatenate(parts, axis=1), layout

@@ -86,7 +86,8 @@ def _sample_frame(
 ) -> Tensor:
     """Token from the slow logits, then codebooks 1..K-1 from the fast transformer; returns `[B, 1 + K]`."""
     p = (params.top_p, params.temperature, params.repetition_penalty)
-    token = sample(logits, None if windows is None else windows[:, 0], *p, generators)
+    window = None if windows is None else model.token_window(windows[:, 0])
+    token = model.token_of(sample(logits, window, *p, generators))
     c = model.config
     model.forward_fast(hidden, 0)  # position 0 only fills the fast cache; its logits are not used
     codebook = (token - model.semantic_begin_id).clamp(0, c.codebook_size - 1)

@@ -188,6 +188,8 @@ class DualARTransformer(nn.Module):
         )
         self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
         self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
+        self.token_ids: Tensor | None = None  # set by restrict_token_head
+        self._token_columns: Tensor | None = None
         self._slow_caches: list[SlotKVCache] = []
         self._fast_caches: list[FastKVCache] = []
         self._slow_rope: Tensor | None = None
@@ -268,7 +270,7 @@ class DualARTransformer(nn.Module):
 
         tokens `[B, 1 + num_codebooks, T]`, input_pos `[B, T]` (each row its own positions), slots `[B]`.
         K/V are written into cache row `slots[b]` at `input_pos[b]`; each query attends to keys at positions
-        `<=` its own in that row. Returns the token logits `[B, vocab_size]` and the hidden state `[B, dim]`
+        `<=` its own in that row. Returns the token logits (`token_logits`) and the hidden state `[B, dim]`
         (before the final norm) of the last position.
         """
         self._require_caches()
@@ -284,9 +286,7 @@ class DualARTransformer(nn.Module):
                 update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
                 x = layer(x, rope, update, mask)
         hidden = x[:, -1]
-        normed = self.norm(hidden)
-        logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)
-        return logits, hidden
+        return self.token_logits(self.norm(hidden)), hidden
 
     def forward_slow_all_slots(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """One decode position for every slot at once, with shapes that never change (CUDA-graph friendly).
@@ -306,9 +306,47 @@ class DualARTransformer(nn.Module):
             for layer, cache in zip(self.layers, self._slow_caches, strict=True):
                 x = layer(x, rope, partial(cache.update_all, input_pos=input_pos), mask)
         hidden = x[:, -1]
-        normed = self.norm(hidden)
-        logits = self.output(normed) if self.output is not None else F.linear(normed, self.embeddings.weight)
-        return logits, hidden
+        return self.token_logits(self.norm(hidden)), hidden
+
+    # ------------------------------------------------------------------ token head
+
+    def restrict_token_head(self, token_ids: Tensor) -> None:
+        """Compute token logits for `token_ids` only (an optional speed lever, off by default).
+
+        Serving uses it with the semantic tokens and `<|im_end|>`: the head shrinks from the whole vocabulary
+        to ~1k rows and sampling sorts ~1k logits instead of ~100k. Every other token gets probability zero,
+        which changes the distribution where the model gives them any. Logit column `j < n` is token
+        `token_ids[j]`; a last column of -inf stands for every token outside the set (see `token_window`).
+        """
+        ids = token_ids.to(device=self.embeddings.weight.device, dtype=torch.long)
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        if torch.unique(ids).numel() != ids.numel():
+            raise ValueError("token ids must be distinct")
+        full = self.output.weight if self.output is not None else self.embeddings.weight
+        head = nn.Linear(self.config.dim, ids.numel(), bias=False, device=full.device, dtype=full.dtype)
+        head.weight = nn.Parameter(full.detach()[ids].clone(), requires_grad=False)
+        self.output = head
+        columns = torch.full((self.config.vocab_size,), ids.numel(), dtype=torch.long, device=ids.device)
+        columns[ids] = torch.arange(ids.numel(), device=ids.device)
+        self.token_ids, self._token_columns = ids, columns
+
+    def token_logits(self, normed: Tensor) -> Tensor:
+        """Token logits of the normed last hidden state: `[B, vocab_size]`, or `[B, n + 1]` when restricted."""
+        if self.output is None:
+            return F.linear(normed, self.embeddings.weight)
+        logits = self.output(normed)
+        if self.token_ids is None:
+            return logits
+        return torch.cat([logits, logits.new_full((logits.shape[0], 1), float("-inf"))], dim=1)
+
+    def token_window(self, window_ids: Tensor) -> Tensor:
+        """Token ids of a repetition window -> their logit columns (the -inf column for ids outside the set)."""
+        return window_ids if self._token_columns is None else self._token_columns[window_ids]
+
+    def token_of(self, columns: Tensor) -> Tensor:
+        """Sampled logit columns -> token ids."""
+        return columns if self.token_ids is None else self.token_ids[columns]
 
     # ------------------------------------------------------------------ fast transformer
 

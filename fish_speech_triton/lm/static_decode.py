@@ -92,7 +92,9 @@ class StaticDecoder:
         counters = self.steps * (c.num_codebooks + 1)
 
         logits, hidden = model.forward_slow_all_slots(self.frames[:, :, None], self.positions)
-        token = sample_hashed(logits, windows[:, 0], *params, self.seeds, counters)
+        token = model.token_of(
+            sample_hashed(logits, model.token_window(windows[:, 0]), *params, self.seeds, counters)
+        )
         model.forward_fast(hidden, 0)
         codebook = (token - model.semantic_begin_id).clamp(0, c.codebook_size - 1)
         frame = [token, codebook]

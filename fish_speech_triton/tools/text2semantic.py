@@ -25,6 +25,7 @@ from fish_speech_triton.hub import resolve_checkpoint
 from fish_speech_triton.lm.checkpoint import CONFIG_FILE, load_lm
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import Generation, SamplingParams
+from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
 from fish_speech_triton.lm.long_form import generate_long, text_segments
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.tools.cli import run_cli
@@ -84,6 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="weight precision (default bf16, as the original)",
     )
+    add_lever_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -129,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     model, tokenizer = load_lm(checkpoint, device=args.device, dtype=dtype)
+    levers = levers_from_args(args)
+    levers.apply(model, tokenizer)
     model.setup_caches(1)
     _progress(
-        f"loaded {checkpoint} ({str(dtype).removeprefix('torch.')}) in {time.perf_counter() - started:.1f} s"
+        f"loaded {checkpoint} ({str(dtype).removeprefix('torch.')}, {levers.describe()}) "
+        f"in {time.perf_counter() - started:.1f} s"
     )
 
     def report(index: int, count: int, generation: Generation, seconds: float) -> None:

@@ -11,9 +11,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.serving.engine import SemanticEngine
 from fish_speech_triton.serving.references import ReferenceStore
 from fish_speech_triton.serving.semantic_requests import SemanticInputs, build_request
+from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
 from fish_speech_triton.serving.triton_io import (
     device_of,
     error,
@@ -54,17 +56,22 @@ class TritonSink:
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        threads = int(params.get("torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
+        # The stub's thread stays serial; loading and decoding run on their own threads (serving.threads).
+        threads = keep_main_thread_serial(int(params.get("torch_threads", "0")))
         device = device_of(args, params.get("device", "cpu"))
         checkpoint = Path(params["checkpoint_dir"])
         if not checkpoint.is_absolute():
             checkpoint = version_dir(args) / checkpoint
         self._load_gauges(args)
-        self.model, self.tokenizer = load_lm(
-            checkpoint, device=device, dtype=DTYPES[params.get("precision", "fp32")]
-        )
+        levers = LmLevers.from_parameters(params)
+        dtype = DTYPES[params.get("precision", "fp32")]
+
+        def load():
+            model, tokenizer = load_lm(checkpoint, device=device, dtype=dtype)
+            levers.apply(model, tokenizer)
+            return model, tokenizer
+
+        self.model, self.tokenizer = run_on_worker_thread(load, threads, name="llama-semantic-load")
         self.encoder_model = params.get("encoder_model", "vqgan_encoder")
         references_dir = params.get("references_dir", "")
         self.references = ReferenceStore(references_dir, self._encode) if references_dir else None
@@ -77,6 +84,7 @@ class TritonPythonModel:
             prefix_cache_size=int(params.get("prefix_cache_size", "16")),
             on_load=self._report_load,
             fast_decode=params.get("fast_decode", "false").lower() == "true",
+            threads=threads,
         )
 
     def _load_gauges(self, args):

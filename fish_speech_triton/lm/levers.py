@@ -1,0 +1,86 @@
+"""The LM's opt-in speed levers that change its numbers: weight-only quantization and a semantic-only head.
+
+Both are off by default (the faithful model). They are chosen by `llama_semantic`'s config.pbtxt parameters
+`weight_quantization` and `semantic_head_only` (written by `export.build_repository`), and by the same
+flags of the offline `text2semantic` tool and the benchmarks, so one measures what one serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.model import DualARTransformer
+from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
+from fish_speech_triton.lm.tokenizer import FishTokenizer
+
+
+def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
+    """The tokens a speech turn is made of: every `<|semantic:i|>` and `<|im_end|>` (which ends it)."""
+    semantic = torch.arange(tokenizer.semantic_begin_id, tokenizer.semantic_end_id + 1)
+    return torch.cat([semantic, torch.tensor([tokenizer.im_end_id])])
+
+
+@dataclass(frozen=True)
+class LmLevers:
+    """weight_quantization: none | int8 | int4 (CPU); semantic_head_only: token logits for speech tokens only."""
+
+    weight_quantization: str = "none"
+    semantic_head_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_quantization not in SCHEMES:
+            raise InputError(
+                f"weight_quantization must be one of {', '.join(SCHEMES)}, got {self.weight_quantization!r}"
+            )
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> LmLevers:
+        """From a model's config.pbtxt parameters (absent keys: the faithful defaults)."""
+        head = params.get("semantic_head_only", "false").strip().lower()
+        if head not in ("true", "false"):
+            raise InputError(f"semantic_head_only must be true or false, got {head!r}")
+        return cls(params.get("weight_quantization", "none").strip().lower(), head == "true")
+
+    @property
+    def faithful(self) -> bool:
+        return self.weight_quantization == "none" and not self.semantic_head_only
+
+    def apply(
+        self, model: DualARTransformer, tokenizer: FishTokenizer, kernel_rows: int | None = None
+    ) -> None:
+        """Change `model` in place (before `setup_caches`). `kernel_rows=0`: quantized weights, plain matmuls."""
+        if self.semantic_head_only:
+            model.restrict_token_head(semantic_head_ids(tokenizer))
+        quantize_linear_layers(model, self.weight_quantization, kernel_rows)
+
+    def describe(self) -> str:
+        parts = [f"weights {self.weight_quantization}"] if self.weight_quantization != "none" else []
+        if self.semantic_head_only:
+            parts.append("semantic-only head")
+        return ", ".join(parts) or "faithful"
+
+
+def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--weight-quantization` and `--semantic-head-only`, the same in every command that loads the LM."""
+    parser.add_argument(
+        "--weight-quantization",
+        choices=SCHEMES,
+        default="none",
+        help="LM weight-only quantization on CPU (int4: ~4x less weight traffic per frame; pair it with "
+        "bf16 precision); changes the model's numbers, see docs/performance.md",
+    )
+    parser.add_argument(
+        "--semantic-head-only",
+        action="store_true",
+        help="LM token logits for the semantic tokens and <|im_end|> only (~1k of ~100k rows): faster; "
+        "other tokens can no longer be sampled, which changes the distribution",
+    )
+
+
+def levers_from_args(args: argparse.Namespace) -> LmLevers:
+    return LmLevers(args.weight_quantization, args.semantic_head_only)
