@@ -45,15 +45,18 @@ def rope_table(num_positions: int, head_dim: int, base: float, device: torch.dev
     return torch.stack([rotations.real, rotations.imag], dim=-1).to(torch.bfloat16)
 
 
-def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of `x [B, T, H, D]` by `table [B, T, D/2, 2]`, in float32."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    cos_sin = table.float().unsqueeze(2)
-    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
-    rotated = torch.stack(
-        [pairs[..., 0] * cos - pairs[..., 1] * sin, pairs[..., 1] * cos + pairs[..., 0] * sin], dim=-1
-    )
-    return rotated.flatten(3).type_as(x)
+def rope_rotations(table: Tensor) -> Tensor:
+    """The (cos, sin) pairs of `rope_table` as complex numbers cos + i·sin, `[..., D/2]` complex64."""
+    return torch.view_as_complex(table.float().contiguous())
+
+
+def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of `x [B, T, H, D]` by `rotations [B, T, 1, D/2]`, in float32.
+
+    (x0·cos − x1·sin, x1·cos + x0·sin) is the complex product (x0 + i·x1)(cos + i·sin): one op, not ten.
+    """
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotations).flatten(3).type_as(x)
 
 
 class Attention(nn.Module):
@@ -67,11 +70,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, mask: Tensor | None) -> Tensor:
         batch, length, _ = x.shape
-        kv_size = self.n_local_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(batch, length, self.n_head, self.head_dim), rope)
-        k = apply_rope(k.view(batch, length, self.n_local_heads, self.head_dim), rope)
-        v = v.view(batch, length, self.n_local_heads, self.head_dim)
+        qkv = self.wqkv(x)
+        rotated = self.n_head + self.n_local_heads  # q and k heads: rotated together
+        qk = qkv[..., : rotated * self.head_dim].view(batch, length, rotated, self.head_dim)
+        q, k = apply_rope(qk, rope).split([self.n_head, self.n_local_heads], dim=2)
+        v = qkv[..., rotated * self.head_dim :].view(batch, length, self.n_local_heads, self.head_dim)
         keys, values = kv_update(k, v)
         group = self.n_head // self.n_local_heads
         if length == 1:
@@ -223,8 +226,8 @@ class DualARTransformer(nn.Module):
         fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in self.layers]
         self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
-        self._slow_rope = rope_table(c.max_seq_len, c.head_dim, c.rope_base, device)
-        self._fast_rope = rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base, device)
+        self._slow_rope = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base, device))
+        self._fast_rope = rope_rotations(rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base, device))
         self.num_slots = num_slots
         self.cache_seq_len = max_seq_len
 
@@ -278,7 +281,7 @@ class DualARTransformer(nn.Module):
         if kv_len > self.cache_seq_len:
             raise ValueError(f"position {kv_len - 1} is beyond the cache ({self.cache_seq_len} positions)")
         x = self.embed(tokens)
-        rope = self._slow_rope[input_pos]
+        rope = self._slow_rope[input_pos][:, :, None]
         key_pos = torch.arange(kv_len, device=input_pos.device)
         mask = (key_pos <= input_pos[..., None])[:, None]
         with sdpa_kernel(_SDPA_BACKENDS):
@@ -299,7 +302,7 @@ class DualARTransformer(nn.Module):
         self._require_caches()
         input_pos = positions[:, None]
         x = self.embed(tokens)
-        rope = self._slow_rope[input_pos]
+        rope = self._slow_rope[input_pos][:, :, None]
         key_pos = torch.arange(self.cache_seq_len, device=positions.device)
         mask = (key_pos <= input_pos[..., None])[:, None]
         with sdpa_kernel(_SDPA_BACKENDS):
@@ -364,7 +367,7 @@ class DualARTransformer(nn.Module):
         if pos == 0:
             x = self.fast_project_in(x)
         x = x[:, None]
-        rope = self._fast_rope[pos].expand(x.shape[0], 1, -1, -1)
+        rope = self._fast_rope[pos]
         with sdpa_kernel(_SDPA_BACKENDS):
             for layer, cache in zip(self.fast_layers, self._fast_caches, strict=True):
                 x = layer(x, rope, partial(cache.update, pos=pos), None)
