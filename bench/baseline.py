@@ -27,15 +27,33 @@ from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint
 class EagerBaseline:
     name = "baseline"
 
-    def __init__(self, checkpoint: RandomCheckpoint, max_new_tokens: int, chunk_length: int) -> None:
-        self.model, self.tokenizer = load_lm(checkpoint.lm_dir)
-        config_name = None if checkpoint.codec_config else "firefly_gan_vq"
-        self.codec = load_codec(
-            checkpoint.codec_path, load_codec_config(config_name, checkpoint.codec_config)
+    def __init__(
+        self,
+        checkpoint: RandomCheckpoint,
+        max_new_tokens: int,
+        chunk_length: int,
+        dtype: torch.dtype = torch.float32,
+        threads: int = 0,
+    ) -> None:
+        """The LM in `dtype`, the codec in float32; loading and synthesis run on the worker thread with
+        `threads` intra-op threads (0: PyTorch's default), so that thread owns the process's only OpenMP
+        pool (see fish_speech_triton.serving.threads): the baseline at its best, not slowed by the driver."""
+        threads = threads or torch.get_num_threads()
+        self.worker = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="baseline",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
         )
+
+        def load():
+            config_name = None if checkpoint.codec_config else "firefly_gan_vq"
+            codec_config = load_codec_config(config_name, checkpoint.codec_config)
+            return load_lm(checkpoint.lm_dir, dtype=dtype), load_codec(checkpoint.codec_path, codec_config)
+
+        (self.model, self.tokenizer), self.codec = self.worker.submit(load).result()
         self.params = SamplingParams(max_new_tokens=max_new_tokens)
         self.chunk_length = chunk_length
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseline")
 
     @torch.inference_mode()
     def synthesize(self, text: str, seed: int) -> np.ndarray:

@@ -27,12 +27,15 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from bench.lm_speed import PRECISIONS
 from bench.report import markdown_table, write_reports
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from client.triton_stream import DEFAULT_URL
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hub import CODEC_FILE
+from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
+from fish_speech_triton.serving.threads import keep_main_thread_serial
 from fish_speech_triton.tools.cli import run_cli
 from fish_speech_triton.tools.make_random_checkpoint import (
     CODEC_CONFIG_FILE,
@@ -84,6 +87,9 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         decoder_config=checkpoint.codec_config,
         output_dir=(args.output_dir / "model_repository").resolve(),
         kv_slots=kv_slots,
+        precision=args.precision,
+        weight_quantization=args.weight_quantization,
+        semantic_head_only=args.semantic_head_only,
     )
     ensure_repository(opts)
     log = args.output_dir / "tritonserver.log"
@@ -133,11 +139,15 @@ async def sweep_ours(url: str, plan: Plan) -> list[LevelRun]:
         await target.close()
 
 
-def sweep_baseline(checkpoint: RandomCheckpoint, plan: Plan) -> list[LevelRun]:
+def sweep_baseline(checkpoint: RandomCheckpoint, plan: Plan, precision: str, threads: int) -> list[LevelRun]:
     from bench.baseline import EagerBaseline
 
-    print(f"[bench] baseline: loading {checkpoint.lm_dir} in this process", file=sys.stderr, flush=True)
-    target = EagerBaseline(checkpoint, plan.max_new_tokens, plan.chunk_length)
+    print(
+        f"[bench] baseline: loading {checkpoint.lm_dir} ({precision}) in this process",
+        file=sys.stderr,
+        flush=True,
+    )
+    target = EagerBaseline(checkpoint, plan.max_new_tokens, plan.chunk_length, PRECISIONS[precision], threads)
     try:
         return asyncio.run(sweep(target, plan))
     finally:
@@ -199,6 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kv-slots", type=int, help="with --start-server: LM slots (default: the largest level)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="bf16",
+        help="LM precision of both runs (with --start-server; default bf16, the original's default)",
+    )
+    add_lever_arguments(parser)  # with --start-server: ours only; the baseline is the faithful model
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only (no ratios)")
     parser.add_argument(
         "--quick", action="store_true", help="a small run: levels 1,2, 8 frames, small checkpoint"
@@ -207,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--output-dir", type=Path, default=Path("build") / "bench", help="reports (and the repository)"
     )
     args = parser.parse_args(argv)
+    threads = keep_main_thread_serial()  # this process's compute is the baseline's, on its worker thread
     preset = QUICK if args.quick else FULL
     plan = Plan(
         levels=parse_levels(args.concurrency or preset["concurrency"]),
@@ -223,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint": str(checkpoint.lm_dir),
         "checkpoint_kind": "given" if args.checkpoint_dir else f"random {preset['size']}",
         **asdict(plan),
-        "server": f"started here, kv_slots {kv_slots}, other options default"
+        "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
+        f"{levers_from_args(args).describe()}, other options default"
         if args.start_server
         else args.url,
+        "baseline_precision": args.precision,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads (baseline)",
+        f"{threads} torch threads (baseline)",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_at_start": os.getloadavg(),  # the machine may be shared: other work skews both runs
     }
@@ -236,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.start_server and not args.no_baseline:
             warn_if_other_checkpoint(url, checkpoint)
         ours = asyncio.run(sweep_ours(url, plan))
-    baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan)
+    baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan, args.precision, threads)
     settings["duration_s"] = time.perf_counter() - started
     settings["load_average_at_end"] = os.getloadavg()
     report = build_report(settings, ours, baseline)

@@ -49,6 +49,9 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # ->
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if device == "cpu":
+        # The codec shares the CPU cores with the LM: idle threads that spin between ops steal them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=_providers(device))
 
 
