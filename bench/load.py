@@ -90,6 +90,9 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         precision=args.precision,
         weight_quantization=args.weight_quantization,
         semantic_head_only=args.semantic_head_only,
+        torch_threads=args.torch_threads,
+        codec_threads=args.codec_threads,
+        stream_chunk_frames=args.stream_chunk_frames,
     )
     ensure_repository(opts)
     log = args.output_dir / "tritonserver.log"
@@ -216,6 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="LM precision of both runs (with --start-server; default bf16, the original's default)",
     )
     add_lever_arguments(parser)  # with --start-server: ours only; the baseline is the faithful model
+    server = parser.add_argument_group(
+        "with --start-server, ours' deployment options (default: the builder's)"
+    )
+    server.add_argument(
+        "--torch-threads", type=int, default=0, help="llama_semantic's threads (0: all cores)"
+    )
+    server.add_argument(
+        "--codec-threads", type=int, default=0, help="each codec model's threads (0: all cores)"
+    )
+    server.add_argument(
+        "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only (no ratios)")
     parser.add_argument(
         "--quick", action="store_true", help="a small run: levels 1,2, 8 frames, small checkpoint"
@@ -242,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint_kind": "given" if args.checkpoint_dir else f"random {preset['size']}",
         **asdict(plan),
         "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
-        f"{levers_from_args(args).describe()}, other options default"
+        f"{levers_from_args(args).describe()}, torch_threads {args.torch_threads}, codec_threads "
+        f"{args.codec_threads}, stream_chunk_frames {args.stream_chunk_frames}, other options default"
         if args.start_server
         else args.url,
         "baseline_precision": args.precision,
