@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lm_support import assert_engine_matches_faithful_loop
 
 from fish_speech_triton.lm.checkpoint import load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import SamplingParams
-from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.serving.engine import GenerationRequest, SemanticEngine, generate_codes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -33,19 +33,12 @@ def cuda_lm(tmp_path_factory: pytest.TempPathFactory):
 
 def test_graphed_decode_matches_the_faithful_loop(cuda_lm):
     model, tokenizer = cuda_lm
-    expected = [
-        generate_long(
-            model, tokenizer, t, params=GREEDY, generator=torch.Generator("cuda").manual_seed(1)
-        ).numpy()
-        for t in TEXTS
-    ]
     engine = SemanticEngine(model, tokenizer, num_slots=3, fast_decode=True)
     try:
-        got = generate_codes(engine, [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS])
+        requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
+        assert_engine_matches_faithful_loop(engine, cuda_lm, requests)
     finally:
         engine.stop()
-    for a, b in zip(expected, got, strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_graphed_sampling_is_the_same_alone_and_batched(cuda_lm):

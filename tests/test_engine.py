@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from lm_support import assert_engine_matches_faithful_loop, faithful_codes
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import SamplingParams
-from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.serving.engine import (
     CONTEXT_FRAMES,
@@ -38,29 +38,11 @@ def reference(lm_small) -> Reference:
     return Reference("A reference voice says this.", codes)
 
 
-def offline(
-    lm_small, text: str, params: SamplingParams, seed: int, references=(), chunk_length=200
-) -> np.ndarray:
-    model, tokenizer = lm_small
-    codes = generate_long(
-        model,
-        tokenizer,
-        text,
-        references=references,
-        params=params,
-        generator=torch.Generator().manual_seed(seed),
-        chunk_length=chunk_length,
-    )
-    return codes.numpy()
-
-
 def test_greedy_batch_equals_offline_generation(engine, lm_small, reference):
     requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
     requests.append(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1, references=(reference,)))
-    results = generate_codes(engine, requests)  # 5 requests, 3 slots: two wait for a free slot
-    for request, codes in zip(requests, results, strict=True):
-        expected = offline(lm_small, request.text, GREEDY, 1, request.references)
-        np.testing.assert_array_equal(codes, expected)
+    results = assert_engine_matches_faithful_loop(engine, lm_small, requests)  # 5 requests, 3 slots: 2 wait
+    for codes in results:
         assert codes.dtype == np.int32 and codes.shape[0] == 8 and codes.shape[1] > 0
 
 
@@ -75,7 +57,7 @@ def test_seeded_sampling_is_the_same_alone_and_batched(engine):
 def test_long_text_uses_the_iterative_prompt(engine, lm_small):
     text = "First sentence is here. Second one follows it. A third closes the text."
     codes = generate_codes(engine, [GenerationRequest(text=text, params=GREEDY, seed=1, chunk_length=30)])[0]
-    np.testing.assert_array_equal(codes, offline(lm_small, text, GREEDY, 1, chunk_length=30))
+    np.testing.assert_array_equal(codes, faithful_codes(lm_small, text, GREEDY, chunk_length=30))
 
 
 def test_cached_reference_prefix_gives_the_same_codes(engine, lm_small, reference):
@@ -84,7 +66,7 @@ def test_cached_reference_prefix_gives_the_same_codes(engine, lm_small, referenc
     assert len(engine._prefixes) == 1
     second = generate_codes(engine, [request])[0]  # prefix restored from the cache
     np.testing.assert_array_equal(first, second)
-    np.testing.assert_array_equal(first, offline(lm_small, TEXTS[1], GREEDY, 1, (reference,)))
+    np.testing.assert_array_equal(first, faithful_codes(lm_small, TEXTS[1], GREEDY, references=(reference,)))
 
 
 def test_chunks_carry_left_context_and_a_short_first_chunk(engine):
@@ -173,9 +155,7 @@ def test_fast_decode_keeps_greedy_parity_with_the_faithful_loop(fast_engine, lm_
     requests.append(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1, references=(reference,)))
     text = "First sentence is here. Second one follows it. A third closes the text."
     requests.append(GenerationRequest(text=text, params=GREEDY, seed=1, chunk_length=30))
-    for request, codes in zip(requests, generate_codes(fast_engine, requests), strict=True):
-        expected = offline(lm_small, request.text, GREEDY, 1, request.references, request.chunk_length)
-        np.testing.assert_array_equal(codes, expected)
+    assert_engine_matches_faithful_loop(fast_engine, lm_small, requests)
 
 
 def test_fast_decode_sampling_is_seeded_and_independent_of_the_batch(fast_engine):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lm_support import assert_engine_matches_faithful_loop
 from torch import nn
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams, generate
 from fish_speech_triton.lm.levers import LmLevers, semantic_head_ids
-from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.lm.prompt import PromptBuilder
 from fish_speech_triton.lm.quantization import (
     QuantizedLinear,
@@ -26,7 +26,7 @@ from fish_speech_triton.lm.quantization import (
     quantize_int8,
     quantize_linear_layers,
 )
-from fish_speech_triton.serving.engine import GenerationRequest, SemanticEngine, generate_codes
+from fish_speech_triton.serving.engine import GenerationRequest, SemanticEngine
 
 GREEDY = SamplingParams(top_p=1e-6, temperature=0.7, repetition_penalty=1.3, max_new_tokens=20)
 TEXTS = ["Hello world, this is a test.", "Another sentence here!", "Numbers like 3.14 stay whole."]
@@ -136,20 +136,12 @@ def test_engine_keeps_greedy_parity_with_the_faithful_loop_on_the_same_levers(
     lm_small_checkpoint, lm_single_thread, levers, fast_decode
 ):
     model, reference, tokenizer = lever_models(lm_small_checkpoint, levers)
-    reference.setup_caches(1)
-    expected = [
-        generate_long(
-            reference, tokenizer, text, params=GREEDY, generator=torch.Generator().manual_seed(1)
-        ).numpy()
-        for text in TEXTS
-    ]
     engine = SemanticEngine(model, tokenizer, num_slots=2, fast_decode=fast_decode)
     try:
-        got = generate_codes(engine, [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS])
+        requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
+        assert_engine_matches_faithful_loop(engine, (reference, tokenizer), requests)
     finally:
         engine.stop()
-    for codes, want in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(codes, want)
     if levers.semantic_head_only:  # sampling can only make speech tokens (or end the turn)
         prompt = PromptBuilder(tokenizer, model.config.num_codebooks).prompt(TEXTS[0])
         params = SamplingParams(temperature=1.5, top_p=1.0, max_new_tokens=30)

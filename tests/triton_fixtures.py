@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from lm_support import faithful_codes
 
 from client.triton_stream import collect
 from export.build_repository import RepositoryOptions, build_repository
 from fish_speech_triton.audio import save_wav, synthetic_speech
 from fish_speech_triton.lm.generation import SamplingParams
-from fish_speech_triton.lm.long_form import generate_long
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint, write_random_checkpoint
 from fish_speech_triton.triton_server import TritonServer
 
@@ -97,21 +96,13 @@ def greedy_inputs(text: str, **extra) -> dict[str, object]:
 
 
 def offline_codes(lm, text: str, references=()) -> np.ndarray:
-    model, tokenizer = lm
+    """The faithful loop's codes for `greedy_inputs(text)` (same sampling settings and seed)."""
     params = SamplingParams(
         top_p=GREEDY["TOP_P"],
         repetition_penalty=GREEDY["REPETITION_PENALTY"],
         max_new_tokens=GREEDY["MAX_NEW_TOKENS"],
     )
-    codes = generate_long(
-        model,
-        tokenizer,
-        text,
-        references=references,
-        params=params,
-        generator=torch.Generator().manual_seed(1),
-    )
-    return codes.numpy()
+    return faithful_codes(lm, text, params, seed=1, references=references)
 
 
 def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
