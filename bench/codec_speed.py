@@ -26,6 +26,7 @@ from export.codec_onnx import DECODER_FILE, ENCODER_FILE, export_decoder, export
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.config import load_codec_config
+from fish_speech_triton.hardware import cpu_has_native_bf16
 
 
 def ort_version() -> str:
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ]
         reference = eager(decode_eager, False)()
-        bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        bf16 = cpu_has_native_bf16()
         print(
             f"codec real-time factors (compute time / audio time), {args.seconds:g} s of audio ({codes.shape[-1]} "
             f"frames), {args.threads} threads, best of {args.repeats}; torch {torch.__version__}, "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.hardware import default_lm_precision
 from fish_speech_triton.hub import resolve_checkpoint, resolve_codec_checkpoint
 from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
 from fish_speech_triton.tools.cli import run_cli
@@ -156,7 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         default=None,
-        help="LM weights and compute precision (default: fp32 on CPU, bf16 on CUDA)",
+        help="LM weights and compute precision (default: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, "
+        "fp32 on other CPUs)",
     )
     parser.add_argument("--kv-slots", type=int, default=8, help="concurrent sequences per LM instance")
     parser.add_argument("--lm-instances", type=int, default=1, help="llama_semantic instances")
@@ -197,7 +199,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
     levers = levers_from_args(args)
     if levers.weight_quantization != "none" and not args.device.startswith("cpu"):
         raise FishSpeechError("--weight-quantization runs on CPU only (its packed kernels are CPU kernels)")
-    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    precision = args.precision or default_lm_precision(args.device)
     return RepositoryOptions(
         llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
         decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path),

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import export.build_repository as build_repository_module
 from export.build_repository import MODELS, build_parser, options_from_args, write_configs
+from fish_speech_triton import hardware
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.hardware import cpu_has_native_bf16
 
 
 def configs_for(tmp_path: Path, ckpt, *flags: str) -> dict[str, str]:
@@ -34,7 +37,8 @@ def parameter(config: str, key: str) -> str:
     return match.group(1)
 
 
-def test_cpu_build(tmp_path, triton_checkpoint):
+def test_cpu_build(tmp_path, triton_checkpoint, monkeypatch):
+    monkeypatch.setattr(build_repository_module, "default_lm_precision", lambda device: "fp32")
     configs = configs_for(tmp_path, triton_checkpoint, "--kv-slots", "5")
     assert not any("${" in text for text in configs.values())
     llama = configs["llama_semantic"]
@@ -78,6 +82,21 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
 def test_weight_quantization_on_a_gpu_is_refused(tmp_path, triton_checkpoint):
     with pytest.raises(FishSpeechError, match="CPU only"):
         configs_for(tmp_path, triton_checkpoint, "--device", "cuda", "--weight-quantization", "int8")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_cpu_precision_default_follows_native_bf16(
+    tmp_path, triton_checkpoint, monkeypatch, native, expected
+):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {'avx512_bf16' if native else ''}\n"
+    )
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert not cpu_has_native_bf16(tmp_path / "missing")  # not Linux x86: no claim
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    assert parameter(configs_for(tmp_path, triton_checkpoint)["llama_semantic"], "precision") == expected
+    assert hardware.default_lm_precision("cuda:1") == "bf16"
 
 
 @pytest.mark.parametrize("flag", ["--kv-slots", "--stream-chunk-frames"])
