@@ -191,8 +191,11 @@ class DualARTransformer(nn.Module):
         )
         self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
         self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
-        self.token_ids: Tensor | None = None  # set by restrict_token_head
-        self._token_columns: Tensor | None = None
+        # Set by restrict_token_head; buffers, so that they move with the model (not saved in checkpoints).
+        self.token_ids: Tensor | None
+        self._token_columns: Tensor | None
+        self.register_buffer("token_ids", None, persistent=False)
+        self.register_buffer("_token_columns", None, persistent=False)
         self._slow_caches: list[SlotKVCache] = []
         self._fast_caches: list[FastKVCache] = []
         self._slow_rope: Tensor | None = None
