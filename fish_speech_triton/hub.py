@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fish_speech_triton.errors import CheckpointError
@@ -51,3 +52,13 @@ def resolve_codec_checkpoint(path_or_repo: str | Path) -> Path:
         if not path.exists():
             raise CheckpointError(f"{CODEC_FILE} not found in {path.parent}")
     return path
+
+
+def read_checkpoint_json(path: Path, what: str) -> object:
+    """The JSON in a checkpoint's file `path`; missing or unreadable, a CheckpointError that names `what`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{what} not found: {path}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or bad JSON
+        raise CheckpointError(f"{what} {path} is not readable JSON: {exc}") from exc

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.hub import read_checkpoint_json
 
 
 @dataclass(frozen=True)
@@ -254,14 +255,7 @@ def codec_config_to_dict(config: CodecConfig) -> dict[str, dict[str, Any]]:
 def load_codec_config(name: str | None = "firefly_gan_vq", path: str | Path | None = None) -> CodecConfig:
     """A named config, or the config in a JSON file (`path` wins when given)."""
     if path is not None:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"codec config file not found: {path}") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"codec config {path} is not readable JSON: {exc}") from exc
-        return codec_config_from_dict(data)
+        return codec_config_from_dict(read_checkpoint_json(Path(path), "codec config file"))
     if name is None:
         raise CheckpointError("give a codec config name or a codec config file")
     if name not in NAMED_CONFIGS:

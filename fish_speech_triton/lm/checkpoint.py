@@ -6,14 +6,13 @@ A checkpoint directory holds `config.json`, `model.pth` (a flat state dict), `to
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from fish_speech_triton.errors import CheckpointError
-from fish_speech_triton.hub import LM_FILES, resolve_checkpoint
+from fish_speech_triton.hub import LM_FILES, read_checkpoint_json, resolve_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.tokenizer import (
@@ -80,12 +79,9 @@ def _check_tokenizer(tokenizer: FishTokenizer, config: DualARConfig, directory: 
             f"codebook_size {config.codebook_size} exceeds the {NUM_SEMANTIC_TOKENS} semantic tokens"
         )
     path = directory / SPECIAL_TOKENS_FILE
-    try:
-        listed = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{SPECIAL_TOKENS_FILE} not found in {directory}") from exc
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    listed = read_checkpoint_json(path, SPECIAL_TOKENS_FILE)
+    if not isinstance(listed, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
     wrong = [name for name, value in listed.items() if tokenizer.special_tokens.get(name, value) != value]
     if wrong:
         raise CheckpointError(f"{path} disagrees with {TOKENIZER_FILE} on the ids of: {_listing(wrong)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.hub import read_checkpoint_json
 
 MODEL_TYPE = "dual_ar"
 
@@ -109,12 +110,7 @@ class DualARConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> DualARConfig:
         path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"config.json not found: {path}") from exc
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+        values = read_checkpoint_json(path, "config.json")
         if not isinstance(values, dict):
             raise CheckpointError(f"{path} does not hold a JSON object")
         try:
