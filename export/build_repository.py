@@ -16,7 +16,7 @@ import shutil
 import string
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fish_speech_triton.errors import FishSpeechError
@@ -27,6 +27,15 @@ from fish_speech_triton.tools.cli import run_cli
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("vqgan_encoder", "llama_semantic", "vqgan_decoder", "ensemble")
+
+
+POSITIVE_OPTIONS = (
+    "kv_slots",
+    "lm_instances",
+    "codec_instances",
+    "first_chunk_frames",
+    "stream_chunk_frames",
+)
 
 
 @dataclass
@@ -51,6 +60,17 @@ class RepositoryOptions:
     semantic_head_only: bool = False
     opset: int = 17
     verify: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse options that would build a repository unable to serve, whoever builds them (CLI, bench, tests)."""
+        for name in POSITIVE_OPTIONS:
+            if getattr(self, name) < 1:
+                raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
+        LmLevers(self.weight_quantization, self.semantic_head_only)  # a known scheme, or InputError
+        if self.weight_quantization != "none" and not self.device.startswith("cpu"):
+            raise FishSpeechError(
+                "--weight-quantization runs on CPU only (its packed kernels are CPU kernels)"
+            )
 
 
 def default_references_dir(opts: RepositoryOptions) -> Path:
@@ -193,21 +213,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryOptions:
     if not args.llama_checkpoint_path or not args.decoder_checkpoint_path:
         raise FishSpeechError("both --llama-checkpoint-path and --decoder-checkpoint-path are required")
-    for name in ("kv_slots", "lm_instances", "codec_instances", "first_chunk_frames", "stream_chunk_frames"):
-        if getattr(args, name) < 1:
-            raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
     levers = levers_from_args(args)
-    if levers.weight_quantization != "none" and not args.device.startswith("cpu"):
-        raise FishSpeechError("--weight-quantization runs on CPU only (its packed kernels are CPU kernels)")
-    precision = args.precision or default_lm_precision(args.device)
-    return RepositoryOptions(
-        llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
-        decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path),
+    opts = RepositoryOptions(  # checks the options before any checkpoint is downloaded
+        llama_checkpoint=Path(args.llama_checkpoint_path),
+        decoder_checkpoint=Path(args.decoder_checkpoint_path),
         output_dir=output_dir,
         decoder_config_name=None if args.decoder_config else args.decoder_config_name,
         decoder_config=args.decoder_config,
         device=args.device,
-        precision=precision,
+        precision=args.precision or default_lm_precision(args.device),
         kv_slots=args.kv_slots,
         lm_instances=args.lm_instances,
         codec_instances=args.codec_instances,
@@ -218,6 +232,11 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         or (args.fast_decode == "auto" and args.device.startswith("cuda")),
         weight_quantization=levers.weight_quantization,
         semantic_head_only=levers.semantic_head_only,
+    )
+    return replace(
+        opts,
+        llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
+        decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path),
     )
 
 

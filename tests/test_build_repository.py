@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import export.build_repository as build_repository_module
-from export.build_repository import MODELS, build_parser, options_from_args, write_configs
+from export.build_repository import MODELS, RepositoryOptions, build_parser, options_from_args, write_configs
 from fish_speech_triton import hardware
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hardware import cpu_has_native_bf16
@@ -77,6 +77,20 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
     llama = configs["llama_semantic"]
     assert parameter(llama, "weight_quantization") == "int4"
     assert parameter(llama, "semantic_head_only") == "true"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stream_chunk_frames": 0}, "--stream-chunk-frames must be at least 1"),
+        ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
+        ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
+    ],
+)
+def test_options_built_in_code_are_checked_too(tmp_path, triton_checkpoint, options, message):
+    # bench.load and the tests build RepositoryOptions without the command line
+    with pytest.raises(FishSpeechError, match=message):
+        RepositoryOptions(triton_checkpoint.lm_dir, triton_checkpoint.codec_path, tmp_path, **options)
 
 
 def test_weight_quantization_on_a_gpu_is_refused(tmp_path, triton_checkpoint):
