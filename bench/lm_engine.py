@@ -150,12 +150,12 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
 def check_parity(device: str, fast_decode: bool, levers: LmLevers) -> None:
     """Greedy codes of the engine (with the fast path) equal the faithful loop's on the small checkpoint.
 
-    With levers, both run the changed model; the faithful loop with plain matmuls (`kernel_rows=0`).
+    With levers, both run the changed model; the faithful loop with `levers.reference_kernel_rows`.
     """
     with tempfile.TemporaryDirectory() as tmp:
         write_random_lm_checkpoint(Path(tmp), DualARConfig.small(), seed=0)
         reference, tokenizer = load_lm(tmp, device=device, dtype=torch.float32)
-        levers.apply(reference, tokenizer, kernel_rows=0)
+        levers.apply(reference, tokenizer, kernel_rows=levers.reference_kernel_rows)
         model, _ = load_lm(tmp, device=device, dtype=torch.float32)
         levers.apply(model, tokenizer)
         greedy = SamplingParams(top_p=1e-6, repetition_penalty=1.3, max_new_tokens=40)

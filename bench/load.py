@@ -90,6 +90,7 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         precision=args.precision,
         weight_quantization=args.weight_quantization,
         semantic_head_only=args.semantic_head_only,
+        fast_transformer_runtime=args.fast_transformer_runtime,
         torch_threads=args.torch_threads,
         codec_threads=args.codec_threads,
         stream_chunk_frames=args.stream_chunk_frames,

@@ -58,6 +58,7 @@ class RepositoryOptions:
     fast_decode: bool = False
     weight_quantization: str = "none"
     semantic_head_only: bool = False
+    fast_transformer_runtime: str = "torch"
     opset: int = 17
     verify: bool = True
 
@@ -66,11 +67,15 @@ class RepositoryOptions:
         for name in POSITIVE_OPTIONS:
             if getattr(self, name) < 1:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
-        LmLevers(self.weight_quantization, self.semantic_head_only)  # a known scheme, or InputError
+        _ = self.levers  # known values that go together, or InputError
         if self.weight_quantization != "none" and not self.device.startswith("cpu"):
             raise FishSpeechError(
                 "--weight-quantization runs on CPU only (its packed kernels are CPU kernels)"
             )
+
+    @property
+    def levers(self) -> LmLevers:
+        return LmLevers(self.weight_quantization, self.semantic_head_only, self.fast_transformer_runtime)
 
 
 def default_references_dir(opts: RepositoryOptions) -> Path:
@@ -98,6 +103,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "fast_decode": "true" if opts.fast_decode else "false",
         "weight_quantization": opts.weight_quantization,
         "semantic_head_only": "true" if opts.semantic_head_only else "false",
+        "fast_transformer_runtime": opts.fast_transformer_runtime,
     }
 
 
@@ -143,7 +149,7 @@ def verify_lm(opts: RepositoryOptions) -> None:
 
     print(f"[build] checking the LM checkpoint in {opts.llama_checkpoint}", file=sys.stderr)
     model, tokenizer = load_lm(opts.llama_checkpoint, device="cpu")
-    levers = LmLevers(opts.weight_quantization, opts.semantic_head_only)
+    levers = opts.levers
     if not levers.faithful:
         print(f"[build] checking that the LM takes its speed levers: {levers.describe()}", file=sys.stderr)
         levers.apply(model, tokenizer)
@@ -232,6 +238,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         or (args.fast_decode == "auto" and args.device.startswith("cuda")),
         weight_quantization=levers.weight_quantization,
         semantic_head_only=levers.semantic_head_only,
+        fast_transformer_runtime=levers.fast_transformer_runtime,
     )
     return replace(
         opts,

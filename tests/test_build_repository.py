@@ -50,6 +50,7 @@ def test_cpu_build(tmp_path, triton_checkpoint, monkeypatch):
     assert parameter(llama, "kv_slots") == "5" and parameter(llama, "fast_decode") == "false"
     assert parameter(llama, "weight_quantization") == "none"  # the faithful model unless asked
     assert parameter(llama, "semantic_head_only") == "false"
+    assert parameter(llama, "fast_transformer_runtime") == "torch"
     assert parameter(configs["vqgan_decoder"], "device") == "cpu"
     assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
 
@@ -73,10 +74,13 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
         "--weight-quantization",
         "int4",
         "--semantic-head-only",
+        "--fast-transformer-runtime",
+        "onnxruntime",
     )
     llama = configs["llama_semantic"]
     assert parameter(llama, "weight_quantization") == "int4"
     assert parameter(llama, "semantic_head_only") == "true"
+    assert parameter(llama, "fast_transformer_runtime") == "onnxruntime"
 
 
 @pytest.mark.parametrize(
@@ -85,6 +89,7 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
         ({"stream_chunk_frames": 0}, "--stream-chunk-frames must be at least 1"),
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
         ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
+        ({"fast_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
     ],
 )
 def test_options_built_in_code_are_checked_too(tmp_path, triton_checkpoint, options, message):

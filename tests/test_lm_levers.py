@@ -22,6 +22,7 @@ from fish_speech_triton.lm.quantization import (
     QuantizedLinear,
     dequantize_int4,
     dequantize_int8,
+    int4_scales_zeros,
     quantize_int4,
     quantize_int8,
     quantize_linear_layers,
@@ -41,20 +42,23 @@ def test_int8_rounds_each_weight_to_the_nearest_step_of_its_row():
     assert bool((error <= scales[:, None] / 2 + 1e-7).all())
 
 
-def test_int4_rounds_each_weight_to_the_nearest_of_16_levels_of_its_group():
+def test_int4_rounds_each_weight_to_one_of_16_levels_of_its_group():
     weight = torch.randn(32, 256, generator=torch.Generator().manual_seed(1))
-    q, scales_zeros = quantize_int4(weight, group_size=64)
+    q, scales, zero_points = quantize_int4(weight, group_size=64)
     assert q.dtype == torch.int32 and int(q.min()) >= 0 and int(q.max()) <= 15
-    assert scales_zeros.shape == (4, 32, 2)
+    assert scales.shape == zero_points.shape == (32, 4)
+    assert int(zero_points.min()) >= 0 and int(zero_points.max()) <= 15
     groups = weight.reshape(32, 4, 64)
-    step = (groups.amax(-1) - groups.amin(-1)) / 15
-    np.testing.assert_allclose(scales_zeros[..., 0].T, step, rtol=1e-5)
-    error = (dequantize_int4(q, scales_zeros, 64) - weight).reshape(32, 4, 64).abs()
-    assert bool((error <= step[..., None] / 2 + 1e-6).all())
-    # the extremes of every group are represented (up to float rounding)
-    deq = dequantize_int4(q, scales_zeros, 64).reshape(32, 4, 64)
-    np.testing.assert_allclose(deq.amin(-1), groups.amin(-1), atol=1e-5)
-    np.testing.assert_allclose(deq.amax(-1), groups.amax(-1), atol=1e-5)
+    step = (groups.amax(-1).clamp(min=0) - groups.amin(-1).clamp(max=0)) / 15
+    np.testing.assert_allclose(scales, step, rtol=1e-5)
+    deq = dequantize_int4(q, scales, zero_points, 64).reshape(32, 4, 64)
+    error = (deq - groups).abs()
+    assert bool((error <= step[..., None] + 1e-6).all())  # half a step, one at the clipped top end
+    assert float((error <= step[..., None] / 2 + 1e-6).float().mean()) > 0.99
+    # PyTorch's kernel layout encodes the same weights
+    scales_zeros = int4_scales_zeros(scales, zero_points)
+    kernel_grid = (q.float().reshape(32, 4, 64) - 8) * scales_zeros[..., 0].T[..., None]
+    torch.testing.assert_close(kernel_grid + scales_zeros[..., 1].T[..., None], deq)
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
@@ -97,6 +101,13 @@ def test_bad_lever_settings_are_refused():
     ) == LmLevers("int4", True)
     with pytest.raises(InputError, match="in_features divisible"):
         QuantizedLinear(nn.Linear(100, 32), "int4", 8)
+    with pytest.raises(InputError, match="fast_transformer_runtime must be one of torch, onnxruntime"):
+        LmLevers.from_parameters({"fast_transformer_runtime": "tensorrt"})
+    with pytest.raises(InputError, match="needs weight_quantization int4"):
+        LmLevers("int8", fast_transformer_runtime="onnxruntime")
+    assert LmLevers.from_parameters(
+        {"weight_quantization": "int4", "fast_transformer_runtime": " OnnxRuntime"}
+    ) == LmLevers("int4", fast_transformer_runtime="onnxruntime")
 
 
 def test_semantic_head_keeps_the_logits_of_speech_tokens(lm_small_checkpoint):
@@ -122,13 +133,19 @@ def lever_models(checkpoint, levers: LmLevers):
     fast, tokenizer = load_lm(checkpoint)
     levers.apply(fast, tokenizer)
     reference, _ = load_lm(checkpoint)
-    levers.apply(reference, tokenizer, kernel_rows=0)
+    levers.apply(reference, tokenizer, kernel_rows=levers.reference_kernel_rows)
     return fast, reference, tokenizer
 
 
 @pytest.mark.parametrize(
     "levers",
-    [LmLevers("int8"), LmLevers("int4"), LmLevers(semantic_head_only=True), LmLevers("int4", True)],
+    [
+        LmLevers("int8"),
+        LmLevers("int4"),
+        LmLevers(semantic_head_only=True),
+        LmLevers("int4", True),
+        LmLevers("int4", True, "onnxruntime"),
+    ],
     ids=lambda levers: levers.describe(),
 )
 @pytest.mark.parametrize("fast_decode", [False, True], ids=["eager", "fast-decode"])

@@ -1,8 +1,8 @@
 """The LM's speed levers through a real tritonserver: config.pbtxt parameters reach llama_semantic.
 
-A second server serves only `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only`
-and the fast decode path; its greedy codes must equal the faithful loop run on the same changed model
-(plain matmuls of the dequantized weights), and differ from the unchanged model's.
+A second server serves only `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only
+--fast-transformer-runtime onnxruntime` and the fast decode path; its greedy codes must equal the faithful
+loop run on the same changed model, and differ from the unchanged model's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.triton_server import TritonServer
 
-LEVERS = LmLevers("int4", semantic_head_only=True)
+LEVERS = LmLevers("int4", semantic_head_only=True, fast_transformer_runtime="onnxruntime")
 TEXTS = ["Hello world, this is a test.", "Numbers like 3.14 stay whole."]
 
 
@@ -35,6 +35,7 @@ def levered_server(tmp_path_factory, triton_checkpoint):
         fast_decode=True,
         weight_quantization=LEVERS.weight_quantization,
         semantic_head_only=LEVERS.semantic_head_only,
+        fast_transformer_runtime=LEVERS.fast_transformer_runtime,
     )
     write_configs(opts)  # configs only: this server loads the LM alone, no codec export needed
     repository = root / "model_repository"
@@ -48,7 +49,7 @@ def test_levered_llama_semantic_equals_the_faithful_loop_on_the_same_levers(
     levered_server, triton_checkpoint
 ):
     reference, tokenizer = load_lm(triton_checkpoint.lm_dir)
-    LEVERS.apply(reference, tokenizer, kernel_rows=0)
+    LEVERS.apply(reference, tokenizer, kernel_rows=LEVERS.reference_kernel_rows)
     faithful = load_lm(triton_checkpoint.lm_dir)
     changed = 0
     for text in TEXTS:

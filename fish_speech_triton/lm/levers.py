@@ -1,8 +1,10 @@
-"""The LM's opt-in speed levers that change its numbers: weight-only quantization and a semantic-only head.
+"""The LM's opt-in speed levers that change its numbers: weight-only quantization, a semantic-only head and
+the fast transformer on onnxruntime.
 
-Both are off by default (the faithful model). They are chosen by `llama_semantic`'s config.pbtxt parameters
-`weight_quantization` and `semantic_head_only` (written by `export.build_repository`), and by the same
-flags of the offline `text2semantic` tool and the benchmarks, so one measures what one serves.
+All are off by default (the faithful model). They are chosen by `llama_semantic`'s config.pbtxt parameters
+`weight_quantization`, `semantic_head_only` and `fast_transformer_runtime` (written by
+`export.build_repository`), and by the same flags of the offline `text2semantic` tool and the benchmarks,
+so one measures what one serves.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import torch
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer
+from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
 from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
 from fish_speech_triton.lm.tokenizer import FishTokenizer
+
+FAST_RUNTIMES = ("torch", "onnxruntime")
 
 
 def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
@@ -27,15 +32,26 @@ def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LmLevers:
-    """weight_quantization: none | int8 | int4 (CPU); semantic_head_only: token logits for speech tokens only."""
+    """weight_quantization: none | int8 | int4 (CPU); semantic_head_only: token logits for speech tokens only;
+    fast_transformer_runtime: torch | onnxruntime (CPU, int4 weights with int8 activations; needs int4)."""
 
     weight_quantization: str = "none"
     semantic_head_only: bool = False
+    fast_transformer_runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.weight_quantization not in SCHEMES:
             raise InputError(
                 f"weight_quantization must be one of {', '.join(SCHEMES)}, got {self.weight_quantization!r}"
+            )
+        if self.fast_transformer_runtime not in FAST_RUNTIMES:
+            raise InputError(
+                f"fast_transformer_runtime must be one of {', '.join(FAST_RUNTIMES)}, "
+                f"got {self.fast_transformer_runtime!r}"
+            )
+        if self.fast_transformer_runtime == "onnxruntime" and self.weight_quantization != "int4":
+            raise InputError(
+                "fast_transformer_runtime onnxruntime runs int4 weights: it needs weight_quantization int4"
             )
 
     @classmethod
@@ -44,11 +60,23 @@ class LmLevers:
         head = params.get("semantic_head_only", "false").strip().lower()
         if head not in ("true", "false"):
             raise InputError(f"semantic_head_only must be true or false, got {head!r}")
-        return cls(params.get("weight_quantization", "none").strip().lower(), head == "true")
+        return cls(
+            params.get("weight_quantization", "none").strip().lower(),
+            head == "true",
+            params.get("fast_transformer_runtime", "torch").strip().lower(),
+        )
 
     @property
     def faithful(self) -> bool:
-        return self.weight_quantization == "none" and not self.semantic_head_only
+        return self == LmLevers()
+
+    @property
+    def reference_kernel_rows(self) -> int | None:
+        """`kernel_rows` for the faithful loop that parity checks compare this configuration with: plain
+        matmuls of the dequantized weights (0), except with the onnxruntime fast transformer, whose int8
+        activations would amplify the rounding differences between the packed kernels and plain matmuls
+        into other codes; there the reference runs the same kernels (None)."""
+        return None if self.fast_transformer_runtime == "onnxruntime" else 0
 
     def apply(
         self, model: DualARTransformer, tokenizer: FishTokenizer, kernel_rows: int | None = None
@@ -56,17 +84,22 @@ class LmLevers:
         """Change `model` in place (before `setup_caches`). `kernel_rows=0`: quantized weights, plain matmuls."""
         if self.semantic_head_only:
             model.restrict_token_head(semantic_head_ids(tokenizer))
+        if self.fast_transformer_runtime == "onnxruntime":  # from the float weights, before quantizing them
+            model.use_fast_runtime(OnnxFastTransformer(model))
         quantize_linear_layers(model, self.weight_quantization, kernel_rows)
 
     def describe(self) -> str:
         parts = [f"weights {self.weight_quantization}"] if self.weight_quantization != "none" else []
         if self.semantic_head_only:
             parts.append("semantic-only head")
+        if self.fast_transformer_runtime != "torch":
+            parts.append(f"fast transformer on {self.fast_transformer_runtime}")
         return ", ".join(parts) or "faithful"
 
 
 def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--weight-quantization` and `--semantic-head-only`, the same in every command that loads the LM."""
+    """`--weight-quantization`, `--semantic-head-only` and `--fast-transformer-runtime`, the same in every
+    command that loads the LM."""
     parser.add_argument(
         "--weight-quantization",
         choices=SCHEMES,
@@ -80,7 +113,15 @@ def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         help="LM token logits for the semantic tokens and <|im_end|> only (~1k of ~100k rows): faster; "
         "other tokens can no longer be sampled, which changes the distribution",
     )
+    parser.add_argument(
+        "--fast-transformer-runtime",
+        choices=FAST_RUNTIMES,
+        default="torch",
+        help="onnxruntime: the LM's fast transformer (8 of its 9 passes per frame) as onnxruntime graphs "
+        "with int4 weights and int8 activations, on the calling thread: faster, and half the CPU; needs "
+        "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
+    )
 
 
 def levers_from_args(args: argparse.Namespace) -> LmLevers:
-    return LmLevers(args.weight_quantization, args.semantic_head_only)
+    return LmLevers(args.weight_quantization, args.semantic_head_only, args.fast_transformer_runtime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fish_speech_triton.lm.config import DualARConfig
 
 KVUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class FastRuntime(Protocol):
+    """Another implementation of the fast transformer's positions (e.g. `onnx_fast.OnnxFastTransformer`)."""
+
+    def allocate(self, rows: int) -> None: ...
+
+    def __call__(self, x: Tensor, pos: int) -> Tensor: ...
+
 
 # cuDNN attention (chosen for bf16 on Hopper) plans anew for every key length, i.e. every decode step,
 # which costs ~1 ms of CPU per call; the other backends compute the same thing without that.
@@ -200,6 +210,7 @@ class DualARTransformer(nn.Module):
         self._fast_caches: list[FastKVCache] = []
         self._slow_rope: Tensor | None = None
         self._fast_rope: Tensor | None = None
+        self._fast_runtime: FastRuntime | None = None
         self.num_slots = 0
         self.cache_seq_len = 0
 
@@ -229,6 +240,8 @@ class DualARTransformer(nn.Module):
         fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in self.layers]
         self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
+        if self._fast_runtime is not None:
+            self._fast_runtime.allocate(num_slots)
         self._slow_rope = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base, device))
         self._fast_rope = rope_rotations(rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base, device))
         self.num_slots = num_slots
@@ -356,6 +369,10 @@ class DualARTransformer(nn.Module):
 
     # ------------------------------------------------------------------ fast transformer
 
+    def use_fast_runtime(self, runtime: FastRuntime) -> None:
+        """Run the fast transformer's positions on `runtime` from now on (call `setup_caches` afterwards)."""
+        self._fast_runtime = runtime
+
     def embed_fast(self, codes: Tensor) -> Tensor:
         """Input of fast position k >= 1: the embedding of codebook k - 1, `codes [B]` -> `[B, fast_dim]`."""
         return self.fast_embeddings(codes)
@@ -369,6 +386,8 @@ class DualARTransformer(nn.Module):
         self._require_caches()
         if pos == 0:
             x = self.fast_project_in(x)
+        if self._fast_runtime is not None:
+            return self._fast_runtime(x, pos)
         x = x[:, None]
         rope = self._fast_rope[pos]
         with sdpa_kernel(_SDPA_BACKENDS):

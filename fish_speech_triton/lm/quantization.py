@@ -48,27 +48,33 @@ def int4_group_size(in_features: int) -> int:
     raise InputError(f"int4 needs in_features divisible by one of {INT4_GROUP_SIZES}, got {in_features}")
 
 
-def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
-    """Asymmetric int4 in groups along K: `weight [N, K]` -> (`q int32 [N, K]` in 0..15, `scales_zeros`).
+def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric int4 in groups along K with integer zero points: `w = (q - zero_point) * scale`.
 
-    `scales_zeros [K / group_size, N, 2]` float32 holds (scale, zero) per group, the layout of PyTorch's
-    int4 kernels: `w = (q - 8) * scale + zero`, with zero = the group's minimum + 8 * scale.
+    `weight [N, K]` -> (`q int32 [N, K]` in 0..15, `scales float32 [N, K / group_size]`, `zero_points int32
+    [N, K / group_size]` in 0..15). Each group's range, widened to include 0, is cut into 15 steps: the
+    layout of onnxruntime's MatMulNBits, which PyTorch's kernel takes through `int4_scales_zeros`.
     """
     rows, cols = weight.shape
     groups = weight.float().reshape(rows, cols // group_size, group_size)
-    low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+    low, high = groups.amin(dim=-1).clamp(max=0), groups.amax(dim=-1).clamp(min=0)
     scales = (high - low).clamp_min(1e-12) / 15
-    q = torch.round((groups - low) / scales).clamp(0, 15).to(torch.int32).reshape(rows, cols)
-    zeros = low + 8 * scales
-    scales_zeros = torch.stack([scales[..., 0], zeros[..., 0]], dim=-1).transpose(0, 1).contiguous()
-    return q, scales_zeros
+    zero_points = torch.round(-low / scales).clamp(0, 15)
+    q = torch.round(groups / scales[..., None] + zero_points[..., None]).clamp(0, 15)
+    return q.to(torch.int32).reshape(rows, cols), scales, zero_points.to(torch.int32)
 
 
-def dequantize_int4(q: Tensor, scales_zeros: Tensor, group_size: int) -> Tensor:
+def dequantize_int4(q: Tensor, scales: Tensor, zero_points: Tensor, group_size: int) -> Tensor:
     rows, cols = q.shape
-    scales, zeros = scales_zeros.transpose(0, 1).unbind(-1)  # [N, K / group_size] each
-    groups = q.float().reshape(rows, cols // group_size, group_size) - 8
-    return (groups * scales[..., None] + zeros[..., None]).reshape(rows, cols)
+    groups = q.float().reshape(rows, cols // group_size, group_size) - zero_points[..., None]
+    return (groups * scales[..., None]).reshape(rows, cols)
+
+
+def int4_scales_zeros(scales: Tensor, zero_points: Tensor) -> Tensor:
+    """The same grid in PyTorch's int4 kernel layout: `[K / group_size, N, 2]` of (scale, zero) with
+    `w = (q - 8) * scale + zero`, i.e. zero = (8 - zero_point) * scale."""
+    zeros = (8 - zero_points.float()) * scales
+    return torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
 
 
 class QuantizedLinear(nn.Module):
@@ -90,8 +96,9 @@ class QuantizedLinear(nn.Module):
             dequantized = dequantize_int8(q, scales)
         elif scheme == "int4":
             self.group_size = int4_group_size(self.in_features)
-            q, scales_zeros = quantize_int4(weight, self.group_size)
-            dequantized = dequantize_int4(q, scales_zeros, self.group_size)
+            q, scales, zero_points = quantize_int4(weight, self.group_size)
+            dequantized = dequantize_int4(q, scales, zero_points, self.group_size)
+            scales_zeros = int4_scales_zeros(scales, zero_points)
             # The kernel takes N in multiples of 16: padded rows (q = 8, zero = 0) give 0 and are cut off.
             pad = -self.out_features % INT4_ROW_MULTIPLE
             q = F.pad(q, (0, 0, 0, pad), value=8)
