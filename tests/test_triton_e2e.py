@@ -157,7 +157,7 @@ def test_ensemble_with_reference_audio(client, codec, lm):
         {"AUDIO": ref_audio, "SAMPLE_RATE": np.array([24000], np.int32)},
         ("CODES",),
     )["CODES"]
-    reference = Reference("A short reference.", torch.from_numpy(ref_codes).long())
+    reference = Reference("A short reference.", torch.tensor(ref_codes, dtype=torch.long))
     expected = offline_audio(codec, offline_codes(lm, "Clone this voice.", (reference,)))
     np.testing.assert_allclose(audio, expected, atol=1e-4)
 
