@@ -7,6 +7,8 @@ and the engine (eager and fast decode) against `generate_long`.
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,12 @@ from torch import nn
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams, generate
-from fish_speech_triton.lm.levers import LmLevers, semantic_head_ids
+from fish_speech_triton.lm.levers import (
+    LmLevers,
+    add_lever_arguments,
+    levers_from_args,
+    semantic_head_ids,
+)
 from fish_speech_triton.lm.prompt import PromptBuilder
 from fish_speech_triton.lm.quantization import (
     QuantizedLinear,
@@ -108,6 +115,17 @@ def test_bad_lever_settings_are_refused():
     assert LmLevers.from_parameters(
         {"weight_quantization": "int4", "fast_transformer_runtime": " OnnxRuntime"}
     ) == LmLevers("int4", fast_transformer_runtime="onnxruntime")
+
+
+def test_lever_flags_parse_and_explain_themselves():
+    parser = argparse.ArgumentParser()
+    add_lever_arguments(parser)
+    assert "--fast-transformer-runtime" in parser.format_help()  # help texts format (a bare % would not)
+    args = parser.parse_args(
+        ["--weight-quantization", "int4", "--semantic-head-only", "--fast-transformer-runtime", "onnxruntime"]
+    )
+    assert levers_from_args(args) == LmLevers("int4", True, "onnxruntime")
+    assert levers_from_args(parser.parse_args([])) == LmLevers()
 
 
 def test_semantic_head_keeps_the_logits_of_speech_tokens(lm_small_checkpoint):
