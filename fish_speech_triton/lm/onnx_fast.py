@@ -15,9 +15,9 @@ Each codebook position k has its own graph (its RoPE angle and its past length a
 
 The weights are the int4 grid of `quantization.quantize_int4`, the one PyTorch's int4 lever uses. The
 activation rounding makes the numbers differ from the PyTorch model a little more than weight-only int4
-does; the graphs are one model for every batch (each row is quantized on its own), so greedy parity between
-the engine and the faithful loop holds on it. With `accuracy_level=0` (float activations) the graphs
-reproduce the PyTorch blocks on the dequantized weights (tests).
+does. Rows run one at a time (see `OnnxFastTransformer.__call__`), so a row's numbers never depend on its
+batch and greedy parity between the engine and the faithful loop holds. With `accuracy_level=0` (float
+activations) the graphs reproduce the PyTorch blocks on the dequantized weights (tests).
 """
 
 from __future__ import annotations
@@ -171,19 +171,16 @@ class OnnxFastTransformer:
     """`DualARTransformer.forward_fast` as onnxruntime sessions, one per codebook position, with its own KV cache.
 
     Build it from a model whose fast layers are still float `nn.Linear` (before `quantize_linear_layers`) and
-    attach it with `model.use_fast_runtime`. `threads=1` runs every op on the calling thread.
+    attach it with `model.use_fast_runtime`. Every op runs on the calling thread (no onnxruntime thread pool
+    to compete with PyTorch's for the cores).
     """
 
-    def __init__(
-        self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, threads: int = 1
-    ) -> None:
+    def __init__(self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> None:
         if model.embeddings.weight.device.type != "cpu":
             raise InputError("the onnxruntime fast transformer runs on CPU only")
         c = model.config
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = 1
         self.sessions = [
             ort.InferenceSession(
                 fast_position_graph(model, pos, accuracy_level), options, ["CPUExecutionProvider"]
