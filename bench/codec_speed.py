@@ -4,9 +4,11 @@
 
 Without --checkpoint-path, a random checkpoint of the full firefly_gan_vq architecture is written to a temporary
 directory (speed does not depend on the weights). RTF = compute time / audio duration (below 1: faster than
-real time). Rows: PyTorch float32, PyTorch bfloat16 autocast, onnxruntime CPU float32; each the best of
-`--repeats` runs after one warm-up run (the best, not the median: on a shared machine other processes only ever
-add time). Also printed: how many codes equal the float32 PyTorch codes, and the decoded audio's max |diff|.
+real time). Rows: PyTorch float32, PyTorch bfloat16 autocast, onnxruntime CPU float32, and the int8 decoder
+of `--codec-precision int8` (`export.codec_int8`, decoder only); each the best of `--repeats` runs after one
+warm-up run (the best, not the median: on a shared machine other processes only ever add time). Also printed:
+how many codes equal the float32 PyTorch codes, and the decoded audio against PyTorch float32's: max |diff| and
+signal-to-noise ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.codec_onnx import DECODER_FILE, ENCODER_FILE, export_decoder, export_encoder, onnx_session
+from export.codec_int8 import snr_db
+from export.codec_onnx import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    export_decoder,
+    export_encoder,
+    export_int8_decoder,
+    onnx_session,
+)
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.config import load_codec_config
@@ -64,9 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         codec = load_codec(checkpoint, config)
         export_encoder(codec, work / ENCODER_FILE)
         export_decoder(codec, work / DECODER_FILE)
-        encoder, decoder = (
+        export_int8_decoder(codec, work / "int8" / DECODER_FILE)
+        encoder, decoder, int8_decoder = (
             onnx_session(work / ENCODER_FILE, args.threads),
             onnx_session(work / DECODER_FILE, args.threads),
+            onnx_session(work / "int8" / DECODER_FILE, args.threads),
         )
 
         audio = synthetic_speech(args.seconds, codec.sample_rate)[None, None]
@@ -97,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: encoder.run(["codes"], {"audio": audio})[0],
                 lambda: decoder.run(["audio"], {"codes": codes, "context_frames": no_context})[0],
             ),
+            (
+                "onnxruntime CPU int8 decoder",
+                None,
+                lambda: int8_decoder.run(["audio"], {"codes": codes, "context_frames": no_context})[0],
+            ),
         ]
         reference = eager(decode_eager, False)()
         bf16 = cpu_has_native_bf16()
@@ -106,14 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"onnxruntime {ort_version()}, CPU has native bf16: {bf16}"
         )
         print(
-            f"{'runtime':<30} {'encode RTF':>10} {'codes = fp32':>12} {'decode RTF':>10} {'max |diff|':>10}"
+            f"{'runtime':<30} {'encode RTF':>10} {'codes = fp32':>12} {'decode RTF':>10} {'max |diff|':>10} "
+            f"{'SNR dB':>7}"
         )
         for name, encode, decode in rows:
-            same_codes = float((encode().astype(np.int64) == codes).mean())
-            diff = float(np.abs(decode() - reference).max())
-            enc = _best_seconds(encode, args.repeats) / args.seconds
+            if encode is None:  # a decoder-only row
+                enc_text, codes_text = f"{'-':>10}", f"{'-':>12}"
+            else:
+                same_codes = float((encode().astype(np.int64) == codes).mean())
+                enc_text = f"{_best_seconds(encode, args.repeats) / args.seconds:>10.3f}"
+                codes_text = f"{same_codes:>12.2%}"
+            audio_out = decode()
+            diff = float(np.abs(audio_out - reference).max())
+            snr = snr_db(reference, audio_out)
             dec = _best_seconds(decode, args.repeats) / args.seconds
-            print(f"{name:<30} {enc:>10.3f} {same_codes:>12.2%} {dec:>10.3f} {diff:>10.1e}", flush=True)
+            print(f"{name:<30} {enc_text} {codes_text} {dec:>10.3f} {diff:>10.1e} {snr:>7.1f}", flush=True)
         # Other processes on a shared machine slow both runtimes: the load average says how much to trust this.
         print(
             f"load average at start {start_load:.2f}, at end {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)"

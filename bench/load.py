@@ -32,6 +32,7 @@ from bench.report import markdown_table, write_reports
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from client.triton_stream import DEFAULT_URL
+from export.build_repository import CODEC_PRECISIONS
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hub import CODEC_FILE
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
@@ -93,6 +94,7 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         fast_transformer_runtime=args.fast_transformer_runtime,
         torch_threads=args.torch_threads,
         codec_threads=args.codec_threads,
+        codec_precision=args.codec_precision,
         stream_chunk_frames=args.stream_chunk_frames,
     )
     ensure_repository(opts)
@@ -230,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--codec-threads", type=int, default=0, help="each codec model's threads (0: all cores)"
     )
     server.add_argument(
+        "--codec-precision",
+        choices=CODEC_PRECISIONS,
+        default="fp32",
+        help="codec decoder graph (int8: CPU, faster, changes the audio)",
+    )
+    server.add_argument(
         "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
     )
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only (no ratios)")
@@ -259,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **asdict(plan),
         "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
         f"{levers_from_args(args).describe()}, torch_threads {args.torch_threads}, codec_threads "
-        f"{args.codec_threads}, stream_chunk_frames {args.stream_chunk_frames}, other options default"
+        f"{args.codec_threads}, codec {args.codec_precision}, stream_chunk_frames {args.stream_chunk_frames}, other options default"
         if args.start_server
         else args.url,
         "baseline_precision": args.precision,

@@ -29,6 +29,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("vqgan_encoder", "llama_semantic", "vqgan_decoder", "ensemble")
 
 
+CODEC_PRECISIONS = ("fp32", "int8")
 POSITIVE_OPTIONS = (
     "kv_slots",
     "lm_instances",
@@ -59,6 +60,7 @@ class RepositoryOptions:
     weight_quantization: str = "none"
     semantic_head_only: bool = False
     fast_transformer_runtime: str = "torch"
+    codec_precision: str = "fp32"
     opset: int = 17
     verify: bool = True
 
@@ -72,6 +74,12 @@ class RepositoryOptions:
             raise FishSpeechError(
                 "--weight-quantization runs on CPU only (its packed kernels are CPU kernels)"
             )
+        if self.codec_precision not in CODEC_PRECISIONS:
+            raise FishSpeechError(
+                f"--codec-precision must be one of {', '.join(CODEC_PRECISIONS)}, got {self.codec_precision!r}"
+            )
+        if self.codec_precision == "int8" and not self.device.startswith("cpu"):
+            raise FishSpeechError("--codec-precision int8 is for CPUs (onnxruntime's int8 CPU kernels)")
 
     @property
     def levers(self) -> LmLevers:
@@ -126,7 +134,7 @@ def write_configs(opts: RepositoryOptions) -> None:
 def export_codec(opts: RepositoryOptions) -> None:
     import torch
 
-    from export.codec_onnx import export_decoder, export_encoder, verify_parity
+    from export.codec_onnx import export_decoder, export_encoder, export_int8_decoder, verify_parity
     from fish_speech_triton.codec.checkpoint import load_codec
     from fish_speech_triton.codec.config import load_codec_config
 
@@ -137,11 +145,16 @@ def export_codec(opts: RepositoryOptions) -> None:
     print(f"[build] exporting the codec encoder to {encoder_path}", file=sys.stderr)
     with torch.inference_mode(False):
         export_encoder(codec, encoder_path, opset=opts.opset)
-        print(f"[build] exporting the codec decoder to {decoder_path}", file=sys.stderr)
-        export_decoder(codec, decoder_path, opset=opts.opset)
-    if opts.verify:
-        report = verify_parity(codec, encoder_path, decoder_path)
-        print(f"[build] ONNX parity: {report}", file=sys.stderr)
+        print(
+            f"[build] exporting the codec decoder ({opts.codec_precision}) to {decoder_path}", file=sys.stderr
+        )
+        if opts.codec_precision == "int8":  # verified on the way: its float graph, then the int8 one
+            export_int8_decoder(codec, decoder_path, opts.opset, encoder_path if opts.verify else None)
+        else:
+            export_decoder(codec, decoder_path, opset=opts.opset)
+            if opts.verify:
+                report = verify_parity(codec, encoder_path, decoder_path)
+                print(f"[build] ONNX parity: {report}", file=sys.stderr)
 
 
 def verify_lm(opts: RepositoryOptions) -> None:
@@ -189,6 +202,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-slots", type=int, default=8, help="concurrent sequences per LM instance")
     parser.add_argument("--lm-instances", type=int, default=1, help="llama_semantic instances")
     parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
+    parser.add_argument(
+        "--codec-precision",
+        choices=CODEC_PRECISIONS,
+        default="fp32",
+        help="codec decoder graph: fp32 (faithful) or int8 (CPU: ~2.5x faster decoding, changes the audio, "
+        "~25 dB SNR against fp32; see docs/codec.md)",
+    )
     parser.add_argument(
         "--first-chunk-frames",
         type=int,
@@ -239,6 +259,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         weight_quantization=levers.weight_quantization,
         semantic_head_only=levers.semantic_head_only,
         fast_transformer_runtime=levers.fast_transformer_runtime,
+        codec_precision=args.codec_precision,
     )
     return replace(
         opts,

@@ -1,6 +1,6 @@
 """Export the codec to two ONNX graphs for Triton's onnxruntime backend, and measure their parity with PyTorch.
 
-    python -m export.codec_onnx --checkpoint-path GEN.pth --output-dir DIR [--opset 17] [--fp16]
+    python -m export.codec_onnx --checkpoint-path GEN.pth --output-dir DIR [--opset 17] [--fp16 | --int8]
 
 writes DIR/vqgan_encoder.onnx and DIR/vqgan_decoder.onnx:
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -135,6 +136,32 @@ def export_decoder(
     return _export(DecoderGraph(codec), (codes, context), Path(path), names, opset)
 
 
+def export_int8_decoder(
+    codec: FireflyCodec,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    encoder_path: str | Path | None = None,
+) -> Path:
+    """Write the int8 decoder graph (see `export.codec_int8`) at `path`; the float graph it is quantized from
+    stays in a scratch folder.
+
+    With `encoder_path` (the exported encoder), both are checked: the float graph against PyTorch
+    (`verify_parity`), then the int8 graph against the float one on held-out codes (`verify_int8`).
+    """
+    from export.codec_int8 import quantize_decoder, speech_codes, verify_int8
+
+    with tempfile.TemporaryDirectory() as scratch:
+        float_path = export_decoder(codec, Path(scratch) / DECODER_FILE, opset=opset)
+        if encoder_path is not None:
+            report = verify_parity(codec, encoder_path, float_path)
+            print(f"[codec] ONNX parity (float decoder): {report}", file=sys.stderr)
+        quantize_decoder(float_path, path, speech_codes(codec))
+        if encoder_path is not None:
+            report = verify_int8(float_path, path, speech_codes(codec, seconds=5.0, seed=1))
+            print(f"[codec] {report}", file=sys.stderr)
+    return Path(path)
+
+
 def _device(codec: FireflyCodec) -> torch.device:
     return next(codec.parameters()).device
 
@@ -244,10 +271,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
     )
-    parser.add_argument(
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
         "--fp16",
         action="store_true",
         help="float16 decoder (for GPUs; the encoder stays float32 so codes match PyTorch's rounding)",
+    )
+    precision.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 decoder for CPUs (~2.5x faster; changes the audio, ~25 dB SNR against float: "
+        "see docs/codec.md); calibrated on the codec's own codes of synthetic speech",
     )
     return parser.parse_args(argv)
 
@@ -257,9 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     codec = load_codec(args.checkpoint_path, load_codec_config(args.config_name, args.config))
     start = time.perf_counter()
     encoder = export_encoder(codec, args.output_dir / ENCODER_FILE, opset=args.opset)
-    decoder = export_decoder(codec, args.output_dir / DECODER_FILE, opset=args.opset, fp16=args.fp16)
+    decoder = args.output_dir / DECODER_FILE
+    if args.int8:
+        export_int8_decoder(codec, decoder, opset=args.opset, encoder_path=encoder)
+    else:
+        export_decoder(codec, decoder, opset=args.opset, fp16=args.fp16)
     print(f"exported {encoder} and {decoder} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(f"parity: {verify_parity(codec, encoder, decoder, fp16_decoder=args.fp16)}")
+    if not args.int8:  # export_int8_decoder checked its float graph against PyTorch, then the int8 one
+        print(f"parity: {verify_parity(codec, encoder, decoder, fp16_decoder=args.fp16)}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import onnx
 import pytest
 
 import export.build_repository as build_repository_module
@@ -90,12 +91,39 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
         ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
         ({"fast_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
+        ({"codec_precision": "fp16"}, "--codec-precision must be one of fp32, int8"),
+        ({"device": "cuda", "codec_precision": "int8"}, "int8 is for CPUs"),
     ],
 )
 def test_options_built_in_code_are_checked_too(tmp_path, triton_checkpoint, options, message):
     # bench.load and the tests build RepositoryOptions without the command line
     with pytest.raises(FishSpeechError, match=message):
         RepositoryOptions(triton_checkpoint.lm_dir, triton_checkpoint.codec_path, tmp_path, **options)
+
+
+def test_int8_codec_build_exports_a_quantized_decoder(tmp_path, triton_checkpoint, capsys):
+    args = build_parser().parse_args(
+        [
+            "--llama-checkpoint-path",
+            str(triton_checkpoint.lm_dir),
+            "--decoder-checkpoint-path",
+            str(triton_checkpoint.codec_path),
+            "--decoder-config",
+            str(triton_checkpoint.codec_config),
+            "--output-dir",
+            str(tmp_path / "repo"),
+            "--codec-precision",
+            "int8",
+        ]
+    )
+    opts = options_from_args(args, args.output_dir)
+    build_repository_module.export_codec(opts)
+    decoder = onnx.load(str(opts.output_dir / "vqgan_decoder" / "1" / "vqgan_decoder.onnx"))
+    assert "DequantizeLinear" in {node.op_type for node in decoder.graph.node}
+    encoder = onnx.load(str(opts.output_dir / "vqgan_encoder" / "1" / "vqgan_encoder.onnx"))
+    assert "DequantizeLinear" not in {node.op_type for node in encoder.graph.node}  # codes stay exact
+    log = capsys.readouterr().err
+    assert "decoder (int8)" in log and "ONNX parity (float decoder)" in log and "int8 decoder vs float" in log
 
 
 def test_weight_quantization_on_a_gpu_is_refused(tmp_path, triton_checkpoint):

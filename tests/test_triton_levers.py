@@ -1,18 +1,25 @@
-"""The LM's speed levers through a real tritonserver: config.pbtxt parameters reach llama_semantic.
+"""The speed levers through a real tritonserver: config.pbtxt parameters reach llama_semantic, and the
+int8 codec decoder serves.
 
-A second server serves only `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only
---fast-transformer-runtime onnxruntime` and the fast decode path; its greedy codes must equal the faithful
-loop run on the same changed model, and differ from the unchanged model's.
+A second server serves `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only
+--fast-transformer-runtime onnxruntime` and the fast decode path, and `vqgan_decoder` built with
+`--codec-precision int8`. Its greedy codes must equal the faithful loop run on the same changed model, and
+differ from the unchanged model's; its audio must be the int8 graph's, close to the float decoder's.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from triton_fixtures import greedy_inputs, offline_codes, semantic_codes
 
-from export.build_repository import RepositoryOptions, write_configs
+from client.triton_stream import infer
+from export.build_repository import RepositoryOptions, export_codec, write_configs
+from export.codec_int8 import MIN_SNR_DB, snr_db
+from fish_speech_triton.codec.checkpoint import load_codec
+from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.triton_server import TritonServer
@@ -36,11 +43,15 @@ def levered_server(tmp_path_factory, triton_checkpoint):
         weight_quantization=LEVERS.weight_quantization,
         semantic_head_only=LEVERS.semantic_head_only,
         fast_transformer_runtime=LEVERS.fast_transformer_runtime,
+        codec_precision="int8",
+        verify=False,
     )
-    write_configs(opts)  # configs only: this server loads the LM alone, no codec export needed
+    write_configs(opts)
+    export_codec(opts)
     repository = root / "model_repository"
     repository.mkdir()
-    (opts.output_dir / "llama_semantic").rename(repository / "llama_semantic")
+    for model in ("llama_semantic", "vqgan_decoder"):
+        (opts.output_dir / model).rename(repository / model)
     with TritonServer(repository, log_file=root / "tritonserver.log") as server:
         yield grpcclient.InferenceServerClient(server.grpc_url)
 
@@ -58,3 +69,20 @@ def test_levered_llama_semantic_equals_the_faithful_loop_on_the_same_levers(
         unchanged = offline_codes(faithful, text)
         changed += codes.shape != unchanged.shape or not np.array_equal(codes, unchanged)
     assert changed  # the levers are really on: int4 weights change the greedy codes of this checkpoint
+
+
+def test_int8_codec_decoder_serves_the_int8_graph(levered_server, triton_checkpoint):
+    codec = load_codec(triton_checkpoint.codec_path, load_codec_config(path=triton_checkpoint.codec_config))
+    codes = np.random.default_rng(0).integers(0, 1000, (8, 30)).astype(np.int32)
+    audio = infer(levered_server, "vqgan_decoder", {"CODES": codes}, ("AUDIO",))["AUDIO"]
+    with torch.no_grad():
+        expected = codec.decode(torch.from_numpy(codes)[None].long()).numpy().reshape(-1)
+    assert audio.shape == expected.shape
+    assert MIN_SNR_DB <= snr_db(expected, audio) < 60  # close to the float codec, and really int8
+    tail = infer(
+        levered_server,
+        "vqgan_decoder",
+        {"CODES": codes, "CONTEXT_FRAMES": np.array([16], np.int32)},
+        ("AUDIO",),
+    )["AUDIO"]
+    np.testing.assert_array_equal(tail, audio[16 * 2048 :])  # streaming with left context stays exact

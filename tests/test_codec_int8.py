@@ -1,0 +1,114 @@
+"""The int8 codec decoder (`--codec-precision int8`): its graph, its accuracy checks and its command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export.codec_int8 import (
+    MIN_SNR_DB,
+    quantize_decoder,
+    snr_db,
+    speech_codes,
+    verify_int8,
+)
+from export.codec_onnx import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    decode_in_windows,
+    export_decoder,
+    export_int8_decoder,
+    onnx_session,
+)
+from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
+from fish_speech_triton.errors import FishSpeechError
+
+pytestmark = pytest.mark.usefixtures("codec_single_thread")
+
+
+@pytest.fixture(scope="module")
+def int8_small(tmp_path_factory, codec_small, codec_small_onnx) -> Path:
+    path = tmp_path_factory.mktemp("int8") / DECODER_FILE
+    return export_int8_decoder(codec_small, path, encoder_path=codec_small_onnx / ENCODER_FILE)
+
+
+def _ops(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def test_int8_graph_keeps_the_contract_and_quantizes_every_convolution(int8_small, codec_small_onnx):
+    float_graph = onnx.load(str(codec_small_onnx / DECODER_FILE)).graph
+    int8_graph = onnx.load(str(int8_small)).graph
+    assert [(v.name, v.type) for v in int8_graph.input] == [(v.name, v.type) for v in float_graph.input]
+    assert [(v.name, v.type) for v in int8_graph.output] == [(v.name, v.type) for v in float_graph.output]
+    ops = _ops(int8_small)
+    convolutions = sum(op in ("Conv", "ConvTranspose") for op in ops)
+    assert convolutions == sum(node.op_type in ("Conv", "ConvTranspose") for node in float_graph.node)
+    # Each convolution reads a dequantized activation and a dequantized int8 weight.
+    assert ops.count("DequantizeLinear") >= 2 * convolutions
+    int8_weights = [
+        i for i in int8_graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1
+    ]
+    assert len(int8_weights) == convolutions
+    assert {node.domain for node in int8_graph.node} <= {"", "ai.onnx"}  # standard ops only
+
+
+def test_int8_audio_is_close_to_float_and_streams_exactly(int8_small, codec_small, codec_small_onnx):
+    codes = speech_codes(codec_small, seconds=4.0, seed=3)[None]
+    feeds = {"codes": codes, "context_frames": np.zeros(1, dtype=np.int64)}
+    expected = onnx_session(codec_small_onnx / DECODER_FILE, threads=1).run(["audio"], feeds)[0]
+    session = onnx_session(int8_small, threads=1)
+    one_shot = session.run(["audio"], feeds)[0]
+    assert one_shot.shape == expected.shape
+    assert MIN_SNR_DB <= snr_db(expected, one_shot) < 60  # close, and really quantized
+    # Static scales: a window's samples are computed exactly as in the one-shot decode.
+    np.testing.assert_array_equal(decode_in_windows(session, codes, step=24, context=16), one_shot)
+
+
+def test_verify_int8_reports_and_refuses(
+    tmp_path, int8_small, codec_small, codec_small_onnx, codec_small_config
+):
+    codes = speech_codes(codec_small, seconds=3.0, seed=1)
+    report = verify_int8(codec_small_onnx / DECODER_FILE, int8_small, codes)
+    assert report.snr_db >= MIN_SNR_DB and report.window_max_diff == 0 and "SNR" in str(report)
+    other = load_codec(
+        write_random_codec_checkpoint(tmp_path / "o.pth", codec_small_config, seed=7), codec_small_config
+    )
+    other_float = export_decoder(other, tmp_path / "other" / DECODER_FILE)
+    quantize_decoder(other_float, tmp_path / "other_int8.onnx", speech_codes(other))
+    with pytest.raises(FishSpeechError, match="int8 codec decoder is out of tolerance"):
+        verify_int8(codec_small_onnx / DECODER_FILE, tmp_path / "other_int8.onnx", codes)
+    with pytest.raises(FishSpeechError, match="at least 40 frames"):
+        quantize_decoder(other_float, tmp_path / "short.onnx", codes[:, :20])
+
+
+def test_command_line_int8(tmp_path, codec_small_checkpoint, codec_small_config_file):
+    command = [
+        sys.executable,
+        "-m",
+        "export.codec_onnx",
+        "--checkpoint-path",
+        str(codec_small_checkpoint),
+        "--config",
+        str(codec_small_config_file),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*command, "--int8"], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "int8 decoder vs float" in done.stderr and "Warning" not in done.stderr
+    assert "DequantizeLinear" in _ops(tmp_path / "out" / DECODER_FILE)
+    assert (tmp_path / "out" / ENCODER_FILE).is_file()
+    done = subprocess.run(
+        [*command, "--int8", "--fp16"], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr
