@@ -53,6 +53,7 @@ def test_int8_activations_stay_close_and_rows_do_not_depend_on_their_batch(lm_sm
     quantize_linear_layers(reference, "int4", kernel_rows=0)
     reference.setup_caches(4)
     LmLevers("int4", fast_transformer_runtime="onnxruntime").apply(model, tokenizer)
+    assert len(model.fast_layers) == 0 and not hasattr(model, "fast_output")  # PyTorch's copy released
     model.setup_caches(4)
     generator = torch.Generator().manual_seed(1)
     hidden = torch.randn(4, model.config.dim, generator=generator)
