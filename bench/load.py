@@ -93,6 +93,7 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         semantic_head_only=args.semantic_head_only,
         fast_transformer_runtime=args.fast_transformer_runtime,
         torch_threads=args.torch_threads,
+        codec_instances=args.codec_instances,
         codec_threads=args.codec_threads,
         codec_precision=args.codec_precision,
         stream_chunk_frames=args.stream_chunk_frames,
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.add_argument(
         "--codec-threads", type=int, default=0, help="each codec model's threads (0: all cores)"
     )
+    server.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
     server.add_argument(
         "--codec-precision",
         choices=CODEC_PRECISIONS,
@@ -267,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         **asdict(plan),
         "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
         f"{levers_from_args(args).describe()}, torch_threads {args.torch_threads}, codec_threads "
-        f"{args.codec_threads}, codec {args.codec_precision}, stream_chunk_frames {args.stream_chunk_frames}, other options default"
+        f"{args.codec_threads}, codec_instances {args.codec_instances}, codec {args.codec_precision}, "
+        f"stream_chunk_frames {args.stream_chunk_frames}, other options default"
         if args.start_server
         else args.url,
         "baseline_precision": args.precision,
