@@ -206,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--codec-precision",
         choices=CODEC_PRECISIONS,
         default="fp32",
-        help="codec decoder graph: fp32 (faithful) or int8 (CPU: ~2.5x faster decoding, changes the audio, "
+        help="codec decoder graph: fp32 (faithful) or int8 (CPU: ~2x faster decoding, changes the audio, "
         "~25 dB SNR against fp32; see docs/codec.md)",
     )
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 The decoder's time is ~90 % convolutions (the HiFi-GAN generator at up to 44.1 kHz). Quantized statically
 to int8 (weights per output channel, activations per tensor with scales calibrated once at export), they
-run on onnxruntime's int8 kernels (AVX512-VNNI / AVX-VNNI), ~2.5x faster than float32 on the project's CPU.
+run on onnxruntime's int8 kernels (AVX512-VNNI / AVX-VNNI), 2.0-2.4x faster than float32 on the project's CPU.
 The graph stays a standard ONNX graph (QuantizeLinear / DequantizeLinear around each Conv and ConvTranspose),
 with the float decoder's inputs and outputs, so the serving code runs it unchanged.
 

@@ -280,7 +280,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     precision.add_argument(
         "--int8",
         action="store_true",
-        help="int8 decoder for CPUs (~2.5x faster; changes the audio, ~25 dB SNR against float: "
+        help="int8 decoder for CPUs (~2x faster; changes the audio, ~25 dB SNR against float: "
         "see docs/codec.md); calibrated on the codec's own codes of synthetic speech",
     )
     return parser.parse_args(argv)
