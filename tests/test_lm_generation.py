@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import (
     BatchSamplingParams,
     Generation,
@@ -15,6 +16,7 @@ from fish_speech_triton.lm.generation import (
     frame_budget,
     prefill,
 )
+from fish_speech_triton.lm.quantization import quantize_linear_layers
 
 pytestmark = pytest.mark.usefixtures("lm_single_thread")
 
@@ -65,6 +67,27 @@ def test_batched_decode_equals_each_alone(lm_small, params):
     for i, prompt in enumerate(prompts):
         alone = _run(model, [prompt], [1], [each[i]], [seeds[i]])[0]
         assert torch.equal(torch.stack(alone), torch.stack(batched[i])), f"sequence {i} differs when batched"
+
+
+def test_a_decoded_rows_numbers_do_not_depend_on_its_batch(lm_small_checkpoint):
+    # Bit for bit, not just the same codes: with int8 activations (the onnxruntime fast transformer) any
+    # difference in the slow hidden state can become another code. The int4 kernels compute each row on
+    # its own (float matmuls may not), so what is left to check is the attention over each row's keys.
+    model, tokenizer = load_lm(lm_small_checkpoint)
+    quantize_linear_layers(model, "int4")
+    model.setup_caches(3, 128)
+    prompts = _prompts(tokenizer)  # three lengths: the batch's rows sit at different positions
+    frames = torch.stack(
+        [prefill(model, p, i, GREEDY, torch.Generator().manual_seed(0)) for i, p in enumerate(prompts)]
+    )
+    positions = torch.tensor([p.shape[1] for p in prompts])
+    with torch.inference_mode():
+        logits, hidden = model.forward_slow(frames[:, :, None], positions[:, None], torch.arange(3))
+        for i in range(3):
+            alone = model.forward_slow(
+                frames[i : i + 1, :, None], positions[i : i + 1, None], torch.tensor([i])
+            )
+            assert torch.equal(alone[0], logits[i : i + 1]) and torch.equal(alone[1], hidden[i : i + 1]), i
 
 
 def test_frames_are_consistent(lm_small):

@@ -19,6 +19,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from fish_speech_triton.lm.config import DualARConfig
 
 KVUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+# What the queries attend over: a boolean mask broadcast to [B, heads, T, keys] (True: attend), None (every
+# key), or, when each row decodes one position, how many keys each row has (see `Attention.forward`).
+Attend = Tensor | tuple[int, ...] | None
 
 
 class FastRuntime(Protocol):
@@ -78,7 +81,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, (n_head + 2 * n_local_heads) * self.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(n_head * self.head_dim, dim, bias=False)
 
-    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, attend: Attend) -> Tensor:
         batch, length, _ = x.shape
         qkv = self.wqkv(x)
         rotated = self.n_head + self.n_local_heads  # q and k heads: rotated together
@@ -91,11 +94,23 @@ class Attention(nn.Module):
             # Decoding: the `group` query heads sharing a KV head (repeat_interleave order) attend as `group`
             # query rows of that head. Same result as repeating the keys, without copying the cache per layer.
             grouped = q.view(batch, self.n_local_heads, group, self.head_dim)
-            y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask)
+            if isinstance(attend, tuple):
+                # Each row over exactly its own keys, not under a mask up to the batch's longest row: the
+                # kernels sum in an order that depends on the key count, so a row's numbers would depend on
+                # the rows batched with it.
+                rows = [
+                    F.scaled_dot_product_attention(
+                        grouped[b : b + 1], keys[b : b + 1, :, :n], values[b : b + 1, :, :n]
+                    )
+                    for b, n in enumerate(attend)
+                ]
+                y = rows[0] if batch == 1 else torch.cat(rows)
+            else:
+                y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=attend)
             return self.wo(y.reshape(batch, 1, -1))
         keys = keys.repeat_interleave(group, dim=1)
         values = values.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=attend)
         return self.wo(y.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -120,8 +135,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(dim, eps)
         self.ffn_norm = RMSNorm(dim, eps)
 
-    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, mask: Tensor | None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, kv_update, mask)
+    def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, attend: Attend) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, kv_update, attend)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -291,19 +306,27 @@ class DualARTransformer(nn.Module):
         K/V are written into cache row `slots[b]` at `input_pos[b]`; each query attends to keys at positions
         `<=` its own in that row. Returns the token logits (`token_logits`) and the hidden state `[B, dim]`
         (before the final norm) of the last position.
+
+        Decoding (T = 1), each row attends over exactly its own keys, so its numbers do not depend on the
+        rows decoded with it: the batched engine reproduces the one-request loop.
         """
         self._require_caches()
-        kv_len = int(input_pos.max()) + 1
+        attend: Attend
+        if tokens.shape[-1] == 1:
+            attend = tuple(int(n) for n in (input_pos[:, 0] + 1).tolist())  # keys per row
+            kv_len = max(attend)
+        else:
+            kv_len = int(input_pos.max()) + 1
+            key_pos = torch.arange(kv_len, device=input_pos.device)
+            attend = (key_pos <= input_pos[..., None])[:, None]
         if kv_len > self.cache_seq_len:
             raise ValueError(f"position {kv_len - 1} is beyond the cache ({self.cache_seq_len} positions)")
         x = self.embed(tokens)
         rope = self._slow_rope[input_pos][:, :, None]
-        key_pos = torch.arange(kv_len, device=input_pos.device)
-        mask = (key_pos <= input_pos[..., None])[:, None]
         with sdpa_kernel(_SDPA_BACKENDS):
             for layer, cache in zip(self.layers, self._slow_caches, strict=True):
                 update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
-                x = layer(x, rope, update, mask)
+                x = layer(x, rope, update, attend)
         hidden = x[:, -1]
         return self.token_logits(self.norm(hidden)), hidden
 
