@@ -28,6 +28,7 @@ from export.codec_int8 import snr_db
 from export.codec_onnx import (
     DECODER_FILE,
     ENCODER_FILE,
+    INT8_DECODER_FILE,
     export_decoder,
     export_encoder,
     export_int8_decoder,
@@ -74,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         codec = load_codec(checkpoint, config)
         export_encoder(codec, work / ENCODER_FILE)
         export_decoder(codec, work / DECODER_FILE)
-        export_int8_decoder(codec, work / "int8" / DECODER_FILE)
+        export_int8_decoder(codec, work / DECODER_FILE, work / INT8_DECODER_FILE)
         encoder, decoder, int8_decoder = (
             onnx_session(work / ENCODER_FILE, args.threads),
             onnx_session(work / DECODER_FILE, args.threads),
-            onnx_session(work / "int8" / DECODER_FILE, args.threads),
+            onnx_session(work / INT8_DECODER_FILE, args.threads),
         )
 
         audio = synthetic_speech(args.seconds, codec.sample_rate)[None, None]

@@ -92,6 +92,13 @@ def default_references_dir(opts: RepositoryOptions) -> Path:
     return opts.references_dir or opts.output_dir.parent / "references"
 
 
+def decoder_onnx_file(opts: RepositoryOptions) -> str:
+    """The graph `vqgan_decoder` serves (its `onnx_file` parameter); the float one is always beside it."""
+    from export.codec_onnx import DECODER_FILE, INT8_DECODER_FILE
+
+    return INT8_DECODER_FILE if opts.codec_precision == "int8" else DECODER_FILE
+
+
 def _template_values(opts: RepositoryOptions) -> dict[str, str]:
     gpu = opts.device.startswith("cuda")
     return {
@@ -100,6 +107,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "lm_instances": str(opts.lm_instances),
         "codec_device": "cuda" if gpu else "cpu",
         "codec_threads": str(opts.codec_threads),
+        "decoder_onnx_file": decoder_onnx_file(opts),
         "checkpoint_dir": str(opts.llama_checkpoint.resolve()),
         "device": opts.device,
         "precision": opts.precision,
@@ -134,27 +142,33 @@ def write_configs(opts: RepositoryOptions) -> None:
 def export_codec(opts: RepositoryOptions) -> None:
     import torch
 
-    from export.codec_onnx import export_decoder, export_encoder, export_int8_decoder, verify_parity
+    from export.codec_onnx import (
+        DECODER_FILE,
+        ENCODER_FILE,
+        export_decoder,
+        export_encoder,
+        export_int8_decoder,
+        verify_parity,
+    )
     from fish_speech_triton.codec.checkpoint import load_codec
     from fish_speech_triton.codec.config import load_codec_config
 
     config = load_codec_config(opts.decoder_config_name, opts.decoder_config)
     codec = load_codec(opts.decoder_checkpoint, config)
-    encoder_path = opts.output_dir / "vqgan_encoder" / "1" / "vqgan_encoder.onnx"
-    decoder_path = opts.output_dir / "vqgan_decoder" / "1" / "vqgan_decoder.onnx"
+    encoder_path = opts.output_dir / "vqgan_encoder" / "1" / ENCODER_FILE
+    decoder_dir = opts.output_dir / "vqgan_decoder" / "1"
     print(f"[build] exporting the codec encoder to {encoder_path}", file=sys.stderr)
     with torch.inference_mode(False):
         export_encoder(codec, encoder_path, opset=opts.opset)
-        print(
-            f"[build] exporting the codec decoder ({opts.codec_precision}) to {decoder_path}", file=sys.stderr
-        )
-        if opts.codec_precision == "int8":  # verified on the way: its float graph, then the int8 one
-            export_int8_decoder(codec, decoder_path, opts.opset, encoder_path if opts.verify else None)
-        else:
-            export_decoder(codec, decoder_path, opset=opts.opset)
-            if opts.verify:
-                report = verify_parity(codec, encoder_path, decoder_path)
-                print(f"[build] ONNX parity: {report}", file=sys.stderr)
+        print(f"[build] exporting the codec decoder to {decoder_dir / DECODER_FILE}", file=sys.stderr)
+        export_decoder(codec, decoder_dir / DECODER_FILE, opset=opts.opset)
+    if opts.verify:
+        report = verify_parity(codec, encoder_path, decoder_dir / DECODER_FILE)
+        print(f"[build] ONNX parity: {report}", file=sys.stderr)
+    if opts.codec_precision == "int8":
+        int8_path = decoder_dir / decoder_onnx_file(opts)
+        print(f"[build] quantizing the codec decoder to int8: {int8_path}", file=sys.stderr)
+        export_int8_decoder(codec, decoder_dir / DECODER_FILE, int8_path, verify=opts.verify)
 
 
 def verify_lm(opts: RepositoryOptions) -> None:

@@ -2,7 +2,7 @@
 
     python -m export.codec_onnx --checkpoint-path GEN.pth --output-dir DIR [--opset 17] [--fp16 | --int8]
 
-writes DIR/vqgan_encoder.onnx and DIR/vqgan_decoder.onnx:
+writes DIR/vqgan_encoder.onnx and DIR/vqgan_decoder.onnx (with --int8 also DIR/vqgan_decoder_int8.onnx):
 
 * encoder: `audio` float32 [batch, 1, samples] (44.1 kHz, > 768 samples) -> `codes` int32 [batch, 8, frames],
   log-mel front end inside the graph. Every row is taken as `samples` long (no lengths input).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from fish_speech_triton.tools.cli import run_cli
 DEFAULT_OPSET = 17
 ENCODER_FILE = "vqgan_encoder.onnx"
 DECODER_FILE = "vqgan_decoder.onnx"
+INT8_DECODER_FILE = "vqgan_decoder_int8.onnx"
 # Parity thresholds (fp32): codes may flip where a value sits on a rounding boundary, audio is float noise.
 MAX_CODE_FLIP_RATE = 1e-3
 MAX_AUDIO_DIFF = 1e-4
@@ -137,29 +137,21 @@ def export_decoder(
 
 
 def export_int8_decoder(
-    codec: FireflyCodec,
-    path: str | Path,
-    opset: int = DEFAULT_OPSET,
-    encoder_path: str | Path | None = None,
+    codec: FireflyCodec, float_path: str | Path, int8_path: str | Path, verify: bool = True
 ) -> Path:
-    """Write the int8 decoder graph (see `export.codec_int8`) at `path`; the float graph it is quantized from
-    stays in a scratch folder.
+    """Quantize the float decoder graph at `float_path` (from `export_decoder`) into an int8 one at `int8_path`
+    (see `export.codec_int8`), calibrated on the codec's codes of synthetic speech.
 
-    With `encoder_path` (the exported encoder), both are checked: the float graph against PyTorch
-    (`verify_parity`), then the int8 graph against the float one on held-out codes (`verify_int8`).
+    With `verify`, the int8 graph is checked against the float one on held-out codes (`verify_int8`).
     """
     from export.codec_int8 import quantize_decoder, speech_codes, verify_int8
 
-    with tempfile.TemporaryDirectory() as scratch:
-        float_path = export_decoder(codec, Path(scratch) / DECODER_FILE, opset=opset)
-        if encoder_path is not None:
-            report = verify_parity(codec, encoder_path, float_path)
-            print(f"[codec] ONNX parity (float decoder): {report}", file=sys.stderr)
-        quantize_decoder(float_path, path, speech_codes(codec))
-        if encoder_path is not None:
-            report = verify_int8(float_path, path, speech_codes(codec, seconds=5.0, seed=1))
-            print(f"[codec] {report}", file=sys.stderr)
-    return Path(path)
+    quantize_decoder(float_path, int8_path, speech_codes(codec))
+    if verify:
+        print(
+            f"[codec] {verify_int8(float_path, int8_path, speech_codes(codec, 5.0, seed=1))}", file=sys.stderr
+        )
+    return Path(int8_path)
 
 
 def _device(codec: FireflyCodec) -> torch.device:
@@ -280,8 +272,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     precision.add_argument(
         "--int8",
         action="store_true",
-        help="int8 decoder for CPUs (~2x faster; changes the audio, ~25 dB SNR against float: "
-        "see docs/codec.md); calibrated on the codec's own codes of synthetic speech",
+        help=f"also write {INT8_DECODER_FILE}, an int8 decoder for CPUs (~2x faster; changes the audio, "
+        "~25 dB SNR against float: see docs/codec.md), calibrated on the codec's own codes of synthetic speech",
     )
     return parser.parse_args(argv)
 
@@ -291,14 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     codec = load_codec(args.checkpoint_path, load_codec_config(args.config_name, args.config))
     start = time.perf_counter()
     encoder = export_encoder(codec, args.output_dir / ENCODER_FILE, opset=args.opset)
-    decoder = args.output_dir / DECODER_FILE
-    if args.int8:
-        export_int8_decoder(codec, decoder, opset=args.opset, encoder_path=encoder)
-    else:
-        export_decoder(codec, decoder, opset=args.opset, fp16=args.fp16)
+    decoder = export_decoder(codec, args.output_dir / DECODER_FILE, opset=args.opset, fp16=args.fp16)
     print(f"exported {encoder} and {decoder} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if not args.int8:  # export_int8_decoder checked its float graph against PyTorch, then the int8 one
-        print(f"parity: {verify_parity(codec, encoder, decoder, fp16_decoder=args.fp16)}")
+    print(f"parity: {verify_parity(codec, encoder, decoder, fp16_decoder=args.fp16)}")
+    if args.int8:
+        int8 = export_int8_decoder(codec, decoder, args.output_dir / INT8_DECODER_FILE)
+        print(f"exported {int8}", file=sys.stderr)
     return 0
 
 

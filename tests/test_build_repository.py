@@ -53,6 +53,7 @@ def test_cpu_build(tmp_path, triton_checkpoint, monkeypatch):
     assert parameter(llama, "semantic_head_only") == "false"
     assert parameter(llama, "fast_transformer_runtime") == "torch"
     assert parameter(configs["vqgan_decoder"], "device") == "cpu"
+    assert parameter(configs["vqgan_decoder"], "onnx_file") == "vqgan_decoder.onnx"  # float32 by default
     assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
 
 
@@ -117,13 +118,22 @@ def test_int8_codec_build_exports_a_quantized_decoder(tmp_path, triton_checkpoin
         ]
     )
     opts = options_from_args(args, args.output_dir)
+    write_configs(opts)
     build_repository_module.export_codec(opts)
-    decoder = onnx.load(str(opts.output_dir / "vqgan_decoder" / "1" / "vqgan_decoder.onnx"))
-    assert "DequantizeLinear" in {node.op_type for node in decoder.graph.node}
+    decoder_dir = opts.output_dir / "vqgan_decoder" / "1"
+    config = (opts.output_dir / "vqgan_decoder" / "config.pbtxt").read_text()
+    assert (
+        parameter(config, "onnx_file") == "vqgan_decoder_int8.onnx"
+    )  # served; the float one stays beside it
+    int8 = onnx.load(str(decoder_dir / "vqgan_decoder_int8.onnx"))
+    assert "DequantizeLinear" in {node.op_type for node in int8.graph.node}
+    float_graph = onnx.load(str(decoder_dir / "vqgan_decoder.onnx"))
+    assert "DequantizeLinear" not in {node.op_type for node in float_graph.graph.node}
     encoder = onnx.load(str(opts.output_dir / "vqgan_encoder" / "1" / "vqgan_encoder.onnx"))
     assert "DequantizeLinear" not in {node.op_type for node in encoder.graph.node}  # codes stay exact
     log = capsys.readouterr().err
-    assert "decoder (int8)" in log and "ONNX parity (float decoder)" in log and "int8 decoder vs float" in log
+    assert "ONNX parity" in log and "quantizing the codec decoder to int8" in log
+    assert "int8 decoder vs float" in log
 
 
 def test_weight_quantization_on_a_gpu_is_refused(tmp_path, triton_checkpoint):

@@ -21,6 +21,7 @@ from export.codec_int8 import (
 from export.codec_onnx import (
     DECODER_FILE,
     ENCODER_FILE,
+    INT8_DECODER_FILE,
     decode_in_windows,
     export_decoder,
     export_int8_decoder,
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("codec_single_thread")
 
 @pytest.fixture(scope="module")
 def int8_small(tmp_path_factory, codec_small, codec_small_onnx) -> Path:
-    path = tmp_path_factory.mktemp("int8") / DECODER_FILE
-    return export_int8_decoder(codec_small, path, encoder_path=codec_small_onnx / ENCODER_FILE)
+    path = tmp_path_factory.mktemp("int8") / INT8_DECODER_FILE
+    return export_int8_decoder(codec_small, codec_small_onnx / DECODER_FILE, path)
 
 
 def _ops(path: Path) -> list[str]:
@@ -106,7 +107,9 @@ def test_command_line_int8(tmp_path, codec_small_checkpoint, codec_small_config_
     )
     assert done.returncode == 0, done.stderr
     assert "int8 decoder vs float" in done.stderr and "Warning" not in done.stderr
-    assert "DequantizeLinear" in _ops(tmp_path / "out" / DECODER_FILE)
+    assert done.stdout.startswith("parity: encoder codes identical")  # the float graphs, checked as ever
+    assert "DequantizeLinear" in _ops(tmp_path / "out" / INT8_DECODER_FILE)
+    assert "DequantizeLinear" not in _ops(tmp_path / "out" / DECODER_FILE)
     assert (tmp_path / "out" / ENCODER_FILE).is_file()
     done = subprocess.run(
         [*command, "--int8", "--fp16"], capture_output=True, text=True, timeout=60, check=False, env=env
