@@ -28,7 +28,8 @@ from export.codec_onnx import (
     onnx_session,
 )
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
-from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.errors import FishSpeechError, InputError
+from fish_speech_triton.serving.codec_runtime import OnnxDecoder
 
 pytestmark = pytest.mark.usefixtures("codec_single_thread")
 
@@ -115,3 +116,10 @@ def test_command_line_int8(tmp_path, codec_small_checkpoint, codec_small_config_
         [*command, "--int8", "--fp16"], capture_output=True, text=True, timeout=60, check=False, env=env
     )
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
+
+
+def test_a_missing_graph_is_named_with_what_the_folder_has(codec_small_onnx):
+    with pytest.raises(
+        InputError, match=r"no codec graph .*vqgan_decoder_int8\.onnx.*has: vqgan_decoder\.onnx"
+    ):
+        OnnxDecoder(codec_small_onnx / INT8_DECODER_FILE)

@@ -44,6 +44,14 @@ def _providers(device: str) -> list:
 def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
+    if not Path(path).is_file():
+        present = sorted(p.name for p in Path(path).parent.glob("*.onnx"))
+        raise InputError(
+            f"no codec graph {path} (the model's onnx_file parameter); this folder has: "
+            f"{', '.join(present) or 'no .onnx file'} (vqgan_decoder_int8.onnx is built by "
+            "--codec-precision int8)"
+        )
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
