@@ -32,7 +32,7 @@ from bench.report import markdown_table, write_reports
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from client.triton_stream import DEFAULT_URL
-from export.build_repository import CODEC_PRECISIONS
+from export.build_repository import add_codec_arguments
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hub import CODEC_FILE
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
@@ -232,13 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.add_argument(
         "--codec-threads", type=int, default=0, help="each codec model's threads (0: all cores)"
     )
-    server.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
-    server.add_argument(
-        "--codec-precision",
-        choices=CODEC_PRECISIONS,
-        default="fp32",
-        help="codec decoder graph (int8: CPU, faster, changes the audio)",
-    )
+    add_codec_arguments(server)
     server.add_argument(
         "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
     )

@@ -192,6 +192,18 @@ def build_repository(opts: RepositoryOptions) -> Path:
     return opts.output_dir
 
 
+def add_codec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--codec-instances` and `--codec-precision`, shared with `bench.load`'s server options."""
+    parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
+    parser.add_argument(
+        "--codec-precision",
+        choices=CODEC_PRECISIONS,
+        default="fp32",
+        help="codec decoder graph: fp32 (faithful) or int8 (CPU: ~2x faster decoding, changes the audio, "
+        "~25 dB SNR against fp32; see docs/codec.md)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Checkpoint and deployment options, shared with `fish_speech_triton.serve`."""
     parser.add_argument(
@@ -215,14 +227,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kv-slots", type=int, default=8, help="concurrent sequences per LM instance")
     parser.add_argument("--lm-instances", type=int, default=1, help="llama_semantic instances")
-    parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
-    parser.add_argument(
-        "--codec-precision",
-        choices=CODEC_PRECISIONS,
-        default="fp32",
-        help="codec decoder graph: fp32 (faithful) or int8 (CPU: ~2x faster decoding, changes the audio, "
-        "~25 dB SNR against fp32; see docs/codec.md)",
-    )
+    add_codec_arguments(parser)
     parser.add_argument(
         "--first-chunk-frames",
         type=int,

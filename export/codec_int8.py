@@ -17,7 +17,6 @@ ranges are those of the checkpoint being exported.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,10 +39,10 @@ MAX_WINDOW_DIFF = 1e-4
 
 def speech_codes(codec: FireflyCodec, seconds: float = CALIBRATION_SECONDS, seed: int = 0) -> np.ndarray:
     """int32 `[8, F]`: the codec's codes for `seconds` of synthetic speech (`seed`: its noise)."""
-    audio = torch.from_numpy(synthetic_speech(seconds, codec.sample_rate, seed))[None, None]
-    reference = codec if next(codec.parameters()).device.type == "cpu" else copy.deepcopy(codec).cpu()
+    device = next(codec.parameters()).device
+    audio = torch.from_numpy(synthetic_speech(seconds, codec.sample_rate, seed))[None, None].to(device)
     with torch.no_grad():
-        return reference.encode(audio)[0][0].numpy().astype(np.int32)
+        return codec.encode(audio)[0][0].cpu().numpy().astype(np.int32)
 
 
 def _windows(codes: np.ndarray, frames: int) -> Iterator[dict[str, np.ndarray]]:

@@ -313,7 +313,7 @@ class DualARTransformer(nn.Module):
         self._require_caches()
         attend: Attend
         if tokens.shape[-1] == 1:
-            attend = tuple(int(n) for n in (input_pos[:, 0] + 1).tolist())  # keys per row
+            attend = tuple((input_pos[:, 0] + 1).tolist())  # keys per row
             kv_len = max(attend)
         else:
             kv_len = int(input_pos.max()) + 1
