@@ -92,6 +92,7 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: in
         weight_quantization=args.weight_quantization,
         semantic_head_only=args.semantic_head_only,
         fast_transformer_runtime=args.fast_transformer_runtime,
+        slow_transformer_runtime=args.slow_transformer_runtime,
         torch_threads=args.torch_threads,
         codec_instances=args.codec_instances,
         codec_threads=args.codec_threads,

@@ -60,6 +60,7 @@ class RepositoryOptions:
     weight_quantization: str = "none"
     semantic_head_only: bool = False
     fast_transformer_runtime: str = "torch"
+    slow_transformer_runtime: str = "torch"
     codec_precision: str = "fp32"
     opset: int = 17
     verify: bool = True
@@ -83,7 +84,12 @@ class RepositoryOptions:
 
     @property
     def levers(self) -> LmLevers:
-        return LmLevers(self.weight_quantization, self.semantic_head_only, self.fast_transformer_runtime)
+        return LmLevers(
+            self.weight_quantization,
+            self.semantic_head_only,
+            self.fast_transformer_runtime,
+            self.slow_transformer_runtime,
+        )
 
 
 def default_references_dir(opts: RepositoryOptions) -> Path:
@@ -120,6 +126,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "weight_quantization": opts.weight_quantization,
         "semantic_head_only": "true" if opts.semantic_head_only else "false",
         "fast_transformer_runtime": opts.fast_transformer_runtime,
+        "slow_transformer_runtime": opts.slow_transformer_runtime,
     }
 
 
@@ -278,6 +285,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         weight_quantization=levers.weight_quantization,
         semantic_head_only=levers.semantic_head_only,
         fast_transformer_runtime=levers.fast_transformer_runtime,
+        slow_transformer_runtime=levers.slow_transformer_runtime,
         codec_precision=args.codec_precision,
     )
     return replace(

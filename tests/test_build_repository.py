@@ -52,6 +52,7 @@ def test_cpu_build(tmp_path, triton_checkpoint, monkeypatch):
     assert parameter(llama, "weight_quantization") == "none"  # the faithful model unless asked
     assert parameter(llama, "semantic_head_only") == "false"
     assert parameter(llama, "fast_transformer_runtime") == "torch"
+    assert parameter(llama, "slow_transformer_runtime") == "torch"
     assert parameter(configs["vqgan_decoder"], "device") == "cpu"
     assert parameter(configs["vqgan_decoder"], "onnx_file") == "vqgan_decoder.onnx"  # float32 by default
     assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
@@ -78,11 +79,14 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
         "--semantic-head-only",
         "--fast-transformer-runtime",
         "onnxruntime",
+        "--slow-transformer-runtime",
+        "onnxruntime",
     )
     llama = configs["llama_semantic"]
     assert parameter(llama, "weight_quantization") == "int4"
     assert parameter(llama, "semantic_head_only") == "true"
     assert parameter(llama, "fast_transformer_runtime") == "onnxruntime"
+    assert parameter(llama, "slow_transformer_runtime") == "onnxruntime"
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,7 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
         ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
         ({"fast_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
+        ({"slow_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
         ({"codec_precision": "fp16"}, "--codec-precision must be one of fp32, int8"),
         ({"device": "cuda", "codec_precision": "int8"}, "int8 is for CPUs"),
     ],

@@ -115,6 +115,13 @@ def test_bad_lever_settings_are_refused():
     assert LmLevers.from_parameters(
         {"weight_quantization": "int4", "fast_transformer_runtime": " OnnxRuntime"}
     ) == LmLevers("int4", fast_transformer_runtime="onnxruntime")
+    with pytest.raises(InputError, match="slow_transformer_runtime must be one of torch, onnxruntime"):
+        LmLevers.from_parameters({"slow_transformer_runtime": "tvm"})
+    with pytest.raises(InputError, match="slow_transformer_runtime onnxruntime runs int4 weights"):
+        LmLevers(slow_transformer_runtime="onnxruntime")
+    assert LmLevers.from_parameters(
+        {"weight_quantization": "int4", "slow_transformer_runtime": "onnxruntime"}
+    ) == LmLevers("int4", slow_transformer_runtime="onnxruntime")
 
 
 def test_lever_flags_parse_and_explain_themselves():
@@ -125,6 +132,8 @@ def test_lever_flags_parse_and_explain_themselves():
         ["--weight-quantization", "int4", "--semantic-head-only", "--fast-transformer-runtime", "onnxruntime"]
     )
     assert levers_from_args(args) == LmLevers("int4", True, "onnxruntime")
+    args = parser.parse_args(["--weight-quantization", "int4", "--slow-transformer-runtime", "onnxruntime"])
+    assert levers_from_args(args) == LmLevers("int4", slow_transformer_runtime="onnxruntime")
     assert levers_from_args(parser.parse_args([])) == LmLevers()
 
 
@@ -163,6 +172,7 @@ def lever_models(checkpoint, levers: LmLevers):
         LmLevers(semantic_head_only=True),
         LmLevers("int4", True),
         LmLevers("int4", True, "onnxruntime"),
+        LmLevers("int4", True, "onnxruntime", "onnxruntime"),
     ],
     ids=lambda levers: levers.describe(),
 )
@@ -171,6 +181,10 @@ def test_engine_keeps_greedy_parity_with_the_faithful_loop_on_the_same_levers(
     lm_small_checkpoint, lm_single_thread, levers, fast_decode
 ):
     model, reference, tokenizer = lever_models(lm_small_checkpoint, levers)
+    if fast_decode and levers.slow_transformer_runtime == "onnxruntime":
+        with pytest.raises(InputError, match="fast_decode replays PyTorch's slow blocks"):
+            SemanticEngine(model, tokenizer, num_slots=2, fast_decode=True)
+        return
     engine = SemanticEngine(model, tokenizer, num_slots=2, fast_decode=fast_decode)
     try:
         requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]

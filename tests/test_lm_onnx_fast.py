@@ -10,7 +10,8 @@ import torch
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
-from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer, pack_int4, pack_zero_points
+from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
+from fish_speech_triton.lm.onnx_graph import pack_int4, pack_zero_points
 from fish_speech_triton.lm.quantization import quantize_linear_layers
 
 FLOAT_ACTIVATIONS = 0  # MatMulNBits accuracy level that keeps activations in float32
@@ -74,5 +75,5 @@ def test_the_runtime_needs_room_and_float_linear_layers(lm_small_checkpoint):
     with pytest.raises(RuntimeError, match="no room for 2 rows"):
         runtime(torch.zeros(2, model.config.fast_dim), 0)
     quantize_linear_layers(model, "int4")
-    with pytest.raises(InputError, match="needs float nn.Linear layers"):
+    with pytest.raises(InputError, match="built from float nn.Linear layers"):
         OnnxFastTransformer(model)

@@ -1,8 +1,8 @@
 """The LM's opt-in speed levers that change its numbers: weight-only quantization, a semantic-only head and
-the fast transformer on onnxruntime.
+the fast and slow transformers on onnxruntime.
 
 All are off by default (the faithful model). They are chosen by `llama_semantic`'s config.pbtxt parameters
-`weight_quantization`, `semantic_head_only` and `fast_transformer_runtime` (written by
+`weight_quantization`, `semantic_head_only`, `fast_transformer_runtime` and `slow_transformer_runtime` (written by
 `export.build_repository`), and by the same flags of the offline `text2semantic` tool and the benchmarks,
 so one measures what one serves.
 """
@@ -18,10 +18,11 @@ import torch
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
+from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer
 from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
 from fish_speech_triton.lm.tokenizer import FishTokenizer
 
-FAST_RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime")
 
 
 def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
@@ -33,26 +34,36 @@ def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
 @dataclass(frozen=True)
 class LmLevers:
     """weight_quantization: none | int8 | int4 (CPU); semantic_head_only: token logits for speech tokens only;
-    fast_transformer_runtime: torch | onnxruntime (CPU, int4 weights with int8 activations; needs int4)."""
+    fast_transformer_runtime, slow_transformer_runtime: torch | onnxruntime (CPU, int4 weights with int8
+    activations; need int4)."""
 
     weight_quantization: str = "none"
     semantic_head_only: bool = False
     fast_transformer_runtime: str = "torch"
+    slow_transformer_runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.weight_quantization not in SCHEMES:
             raise InputError(
                 f"weight_quantization must be one of {', '.join(SCHEMES)}, got {self.weight_quantization!r}"
             )
-        if self.fast_transformer_runtime not in FAST_RUNTIMES:
-            raise InputError(
-                f"fast_transformer_runtime must be one of {', '.join(FAST_RUNTIMES)}, "
-                f"got {self.fast_transformer_runtime!r}"
-            )
-        if self.fast_transformer_runtime == "onnxruntime" and self.weight_quantization != "int4":
-            raise InputError(
-                "fast_transformer_runtime onnxruntime runs int4 weights: it needs weight_quantization int4"
-            )
+        for name, runtime in self._runtimes.items():
+            if runtime not in RUNTIMES:
+                raise InputError(f"{name} must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+            if runtime == "onnxruntime" and self.weight_quantization != "int4":
+                raise InputError(f"{name} onnxruntime runs int4 weights: it needs weight_quantization int4")
+
+    @property
+    def _runtimes(self) -> dict[str, str]:
+        return {
+            "fast_transformer_runtime": self.fast_transformer_runtime,
+            "slow_transformer_runtime": self.slow_transformer_runtime,
+        }
+
+    @property
+    def onnxruntime(self) -> bool:
+        """Whether a transformer runs on onnxruntime (int8 activations)."""
+        return "onnxruntime" in self._runtimes.values()
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> LmLevers:
@@ -64,6 +75,7 @@ class LmLevers:
             params.get("weight_quantization", "none").strip().lower(),
             head == "true",
             params.get("fast_transformer_runtime", "torch").strip().lower(),
+            params.get("slow_transformer_runtime", "torch").strip().lower(),
         )
 
     @property
@@ -73,10 +85,10 @@ class LmLevers:
     @property
     def reference_kernel_rows(self) -> int | None:
         """`kernel_rows` for the faithful loop that parity checks compare this configuration with: plain
-        matmuls of the dequantized weights (0), except with the onnxruntime fast transformer, whose int8
+        matmuls of the dequantized weights (0), except with an onnxruntime transformer, whose int8
         activations would amplify the rounding differences between the packed kernels and plain matmuls
         into other codes; there the reference runs the same kernels (None)."""
-        return None if self.fast_transformer_runtime == "onnxruntime" else 0
+        return None if self.onnxruntime else 0
 
     def apply(
         self, model: DualARTransformer, tokenizer: FishTokenizer, kernel_rows: int | None = None
@@ -84,8 +96,11 @@ class LmLevers:
         """Change `model` in place (before `setup_caches`). `kernel_rows=0`: quantized weights, plain matmuls."""
         if self.semantic_head_only:
             model.restrict_token_head(semantic_head_ids(tokenizer))
-        if self.fast_transformer_runtime == "onnxruntime":  # from the float weights, before quantizing them
+        # the runtimes are built from the float weights, before quantizing them
+        if self.fast_transformer_runtime == "onnxruntime":
             model.use_fast_runtime(OnnxFastTransformer(model))
+        if self.slow_transformer_runtime == "onnxruntime":
+            model.use_slow_runtime(OnnxSlowTransformer(model))
         quantize_linear_layers(model, self.weight_quantization, kernel_rows)
 
     def describe(self) -> str:
@@ -94,12 +109,14 @@ class LmLevers:
             parts.append("semantic-only head")
         if self.fast_transformer_runtime != "torch":
             parts.append(f"fast transformer on {self.fast_transformer_runtime}")
+        if self.slow_transformer_runtime != "torch":
+            parts.append(f"slow transformer on {self.slow_transformer_runtime}")
         return ", ".join(parts) or "faithful"
 
 
 def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--weight-quantization`, `--semantic-head-only` and `--fast-transformer-runtime`, the same in every
-    command that loads the LM."""
+    """`--weight-quantization`, `--semantic-head-only`, `--fast-transformer-runtime` and
+    `--slow-transformer-runtime`, the same in every command that loads the LM."""
     parser.add_argument(
         "--weight-quantization",
         choices=SCHEMES,
@@ -115,14 +132,28 @@ def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fast-transformer-runtime",
-        choices=FAST_RUNTIMES,
+        choices=RUNTIMES,
         default="torch",
         help="onnxruntime: the LM's fast transformer (8 of its 9 passes per frame) as onnxruntime graphs "
-        "with int4 weights and int8 activations, on the calling thread: a ~10%% shorter step and ~25%% "
-        "less CPU for one stream, slower with many streams (rows run one by one); needs "
+        "with int4 weights and int8 activations, one thread per row: a ~10%% shorter step and ~25%% "
+        "less CPU for one stream, slower than PyTorch's batched kernels with many streams; needs "
+        "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
+    )
+    parser.add_argument(
+        "--slow-transformer-runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="onnxruntime: the LM's slow transformer as one onnxruntime graph with int4 weights and int8 "
+        "activations and its own float32 KV cache; decoding runs on one core (~12 ms instead of ~18 on "
+        "two), prompts on all; for one or few streams (a row per thread, no batched matmuls); needs "
         "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
     )
 
 
 def levers_from_args(args: argparse.Namespace) -> LmLevers:
-    return LmLevers(args.weight_quantization, args.semantic_head_only, args.fast_transformer_runtime)
+    return LmLevers(
+        args.weight_quantization,
+        args.semantic_head_only,
+        args.fast_transformer_runtime,
+        args.slow_transformer_runtime,
+    )

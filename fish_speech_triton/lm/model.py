@@ -32,6 +32,19 @@ class FastRuntime(Protocol):
     def __call__(self, x: Tensor, pos: int) -> Tensor: ...
 
 
+class SlowRuntime(Protocol):
+    """Another implementation of the slow transformer's blocks, with its own KV cache
+    (e.g. `onnx_slow.OnnxSlowTransformer`)."""
+
+    def allocate(self, num_slots: int, max_seq_len: int) -> None: ...
+
+    def __call__(self, x: Tensor, input_pos: Tensor, slots: Tensor) -> Tensor: ...
+
+    def export_prefix(self, slot: int, length: int) -> list[Tensor]: ...
+
+    def import_prefix(self, slot: int, tensors: list[Tensor]) -> None: ...
+
+
 # cuDNN attention (chosen for bf16 on Hopper) plans anew for every key length, i.e. every decode step,
 # which costs ~1 ms of CPU per call; the other backends compute the same thing without that.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -226,6 +239,7 @@ class DualARTransformer(nn.Module):
         self._slow_rope: Tensor | None = None
         self._fast_rope: Tensor | None = None
         self._fast_runtime: FastRuntime | None = None
+        self.slow_runtime: SlowRuntime | None = None
         self.num_slots = 0
         self.cache_seq_len = 0
 
@@ -254,6 +268,8 @@ class DualARTransformer(nn.Module):
         slow_shape = (num_slots, c.n_local_heads, max_seq_len, c.head_dim)
         fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in self.layers]
+        if self.slow_runtime is not None:
+            self.slow_runtime.allocate(num_slots, max_seq_len)
         self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
         if self._fast_runtime is not None:
             self._fast_runtime.allocate(num_slots)
@@ -265,11 +281,16 @@ class DualARTransformer(nn.Module):
     def export_prefix(self, slot: int, length: int) -> list[Tensor]:
         """Copies of the slow keys/values of `slot` at positions `0..length-1`: [k0, v0, k1, v1, ...]."""
         self._require_caches()
+        if self.slow_runtime is not None:
+            return self.slow_runtime.export_prefix(slot, length)
         return [t[slot, :, :length].clone() for cache in self._slow_caches for t in (cache.k, cache.v)]
 
     def import_prefix(self, slot: int, tensors: list[Tensor]) -> None:
         """Write tensors from `export_prefix` into `slot` at positions `0..length-1`."""
         self._require_caches()
+        if self.slow_runtime is not None:
+            self.slow_runtime.import_prefix(slot, tensors)
+            return
         caches = [t for cache in self._slow_caches for t in (cache.k, cache.v)]
         if len(tensors) != len(caches):
             raise ValueError(f"expected {len(caches)} tensors (k and v per layer), got {len(tensors)}")
@@ -281,7 +302,7 @@ class DualARTransformer(nn.Module):
         self.import_prefix(dst, self.export_prefix(src, length))
 
     def _require_caches(self) -> None:
-        if not self._slow_caches:
+        if not self.num_slots:
             raise RuntimeError("call setup_caches() first")
 
     # ------------------------------------------------------------------ slow transformer
@@ -322,6 +343,9 @@ class DualARTransformer(nn.Module):
         if kv_len > self.cache_seq_len:
             raise ValueError(f"position {kv_len - 1} is beyond the cache ({self.cache_seq_len} positions)")
         x = self.embed(tokens)
+        if self.slow_runtime is not None:
+            hidden = self.slow_runtime(x, input_pos, slots).to(x.dtype)
+            return self.token_logits(self.norm(hidden)), hidden
         rope = self._slow_rope[input_pos][:, :, None]
         with sdpa_kernel(_SDPA_BACKENDS):
             for layer, cache in zip(self.layers, self._slow_caches, strict=True):
@@ -339,6 +363,8 @@ class DualARTransformer(nn.Module):
         Rows of free slots compute (and write) garbage at their position, which their next prefill replaces.
         """
         self._require_caches()
+        if self.slow_runtime is not None:
+            raise RuntimeError("the all-slots step runs PyTorch's slow blocks, not a slow runtime's")
         input_pos = positions[:, None]
         x = self.embed(tokens)
         rope = self._slow_rope[input_pos][:, :, None]
@@ -349,6 +375,15 @@ class DualARTransformer(nn.Module):
                 x = layer(x, rope, partial(cache.update_all, input_pos=input_pos), mask)
         hidden = x[:, -1]
         return self.token_logits(self.norm(hidden)), hidden
+
+    def use_slow_runtime(self, runtime: SlowRuntime) -> None:
+        """Run the slow transformer's blocks on `runtime` from now on (call `setup_caches` afterwards).
+
+        The runtime holds its own copy of the blocks and its own KV cache, so PyTorch's blocks are released
+        (~0.9 GB of a full-size bf16 model); the embeddings, the final norm and the token head stay here.
+        """
+        self.slow_runtime = runtime
+        self.layers = nn.ModuleList()
 
     # ------------------------------------------------------------------ token head
 

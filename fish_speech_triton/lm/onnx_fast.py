@@ -3,8 +3,8 @@
 A frame runs the fast transformer once per codebook position (8 times) over a handful of rows; on a CPU
 each run is mostly int4 matmuls. onnxruntime's `MatMulNBits` multiplies int4 weights by activations it
 quantizes to int8 per block (accuracy level 4, VNNI) ~1.4x faster than PyTorch's int4 kernel, and runs the
-~150 small ops of a position with less overhead, on the calling thread only: the frame costs less wall time
-and far less CPU, which the codec sharing the machine gets back.
+~150 small ops of a position with less overhead, one thread per row: the frame costs less wall time and
+far less CPU, which the codec sharing the machine gets back.
 
 Each codebook position k has its own graph (its RoPE angle and its past length are constants):
 
@@ -15,103 +15,22 @@ Each codebook position k has its own graph (its RoPE angle and its past length a
 
 The weights are the int4 grid of `quantization.quantize_int4`, the one PyTorch's int4 lever uses. The
 activation rounding makes the numbers differ from the PyTorch model a little more than weight-only int4
-does. Rows run one at a time (see `OnnxFastTransformer.__call__`), so a row's numbers never depend on its
-batch and greedy parity between the engine and the faithful loop holds. With `accuracy_level=0` (float
+does. Each row is its own run (see `OnnxFastTransformer.__call__`; a batch's rows run side by side on
+`onnx_graph.RowRunner`'s threads), so a row's numbers never depend on its batch and greedy parity between
+the engine and the faithful loop holds. With `accuracy_level=0` (float
 activations) the graphs reproduce the PyTorch blocks on the dequantized weights (tests).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnx import NodeProto, TensorProto, helper, numpy_helper
-from torch import Tensor, nn
+from onnx import TensorProto, helper
+from torch import Tensor
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import DualARTransformer, RMSNorm, rope_rotations, rope_table
-from fish_speech_triton.lm.quantization import int4_group_size, quantize_int4
-
-ACCURACY_INT8 = 4  # MatMulNBits accuracy level: int8 activations (the fast CPU path)
-OPSET = 18
-
-
-def pack_int4(q: Tensor, group_size: int) -> np.ndarray:
-    """int4 codes `q [N, K]` (0..15) -> MatMulNBits' `[N, K / group_size, group_size / 2]` uint8, low nibble first."""
-    rows, cols = q.shape
-    codes = q.to(torch.uint8).reshape(rows, cols // group_size, group_size)
-    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).numpy()
-
-
-def pack_zero_points(zero_points: Tensor) -> np.ndarray:
-    """`[N, G]` zero points (0..15) -> `[N * ceil(G / 2)]` uint8, two per byte, low nibble first."""
-    codes = zero_points.to(torch.uint8)
-    if codes.shape[1] % 2:
-        codes = torch.cat([codes, torch.zeros_like(codes[:, :1])], dim=1)
-    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(-1).numpy()
-
-
-class _Graph:
-    """A small ONNX graph builder: every node gets a fresh output name."""
-
-    def __init__(self, accuracy_level: int) -> None:
-        self.accuracy_level = accuracy_level
-        self.nodes: list[NodeProto] = []
-        self.initializers: list[TensorProto] = []
-        self._count = 0
-
-    def _name(self, prefix: str) -> str:
-        self._count += 1
-        return f"{prefix}_{self._count}"
-
-    def constant(self, array: np.ndarray) -> str:
-        name = self._name("const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def ints(self, *values: int) -> str:
-        return self.constant(np.array(values, dtype=np.int64))
-
-    def floats(self, values: Tensor | float) -> str:
-        data = values.detach().float().numpy() if isinstance(values, Tensor) else np.array(values)
-        return self.constant(data.astype(np.float32))
-
-    def node(self, op: str, inputs: list[str], domain: str = "", name: str | None = None, **attrs) -> str:
-        output = name or self._name(op)
-        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
-        return output
-
-    def slice(self, x: str, start: int, end: int, axis: int) -> str:
-        return self.node("Slice", [x, self.ints(start), self.ints(end), self.ints(axis)])
-
-    def reshape(self, x: str, *shape: int) -> str:
-        return self.node("Reshape", [x, self.ints(*shape)])
-
-    def linear(self, x: str, linear: nn.Module) -> str:
-        if type(linear) is not nn.Linear:
-            raise InputError(f"the onnxruntime fast transformer needs float nn.Linear layers, got {linear}")
-        weight = linear.weight.detach().float()
-        rows, cols = weight.shape
-        group_size = int4_group_size(cols)
-        q, scales, zero_points = quantize_int4(weight, group_size)
-        inputs = [x, self.constant(pack_int4(q, group_size)), self.floats(scales.reshape(-1))]
-        inputs.append(self.constant(pack_zero_points(zero_points)))
-        y = self.node(
-            "MatMulNBits",
-            inputs,
-            domain="com.microsoft",
-            K=cols,
-            N=rows,
-            bits=4,
-            block_size=group_size,
-            accuracy_level=self.accuracy_level,
-        )
-        return y if linear.bias is None else self.node("Add", [y, self.floats(linear.bias)])
-
-    def rms_norm(self, x: str, norm: RMSNorm) -> str:
-        mean = self.node("ReduceMean", [self.node("Pow", [x, self.floats(2.0)]), self.ints(-1)])
-        root = self.node("Sqrt", [self.node("Add", [mean, self.floats(norm.eps)])])
-        return self.node("Mul", [self.node("Div", [x, root]), self.floats(norm.weight)])
+from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
+from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session
 
 
 def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int = ACCURACY_INT8) -> bytes:
@@ -120,7 +39,7 @@ def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int 
     heads, kv_heads, head_dim = c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim
     rotated = heads + kv_heads  # q and k heads, rotated together
     rotation = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))[pos]
-    g = _Graph(accuracy_level)
+    g = GraphBuilder(accuracy_level)
     cos = g.floats(rotation.real.reshape(-1, 1))  # [D/2, 1]: broadcast over the pair axis
     sin = g.floats(rotation.imag.reshape(-1, 1))
     scale = g.floats(head_dim**-0.5)
@@ -159,34 +78,29 @@ def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int 
         silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
         x = g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)])
     logits = g.linear(g.rms_norm(x, model.fast_norm), model.fast_output)
-    outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in [logits, *cache_outputs]
-    ]
-    graph = helper.make_graph(g.nodes, f"fast_position_{pos}", inputs, outputs, g.initializers)
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return g.model(f"fast_position_{pos}", inputs, [logits, *cache_outputs])
 
 
 class OnnxFastTransformer:
     """`DualARTransformer.forward_fast` as onnxruntime sessions, one per codebook position, with its own KV cache.
 
     Build it from a model whose fast layers are still float `nn.Linear` (before `quantize_linear_layers`) and
-    attach it with `model.use_fast_runtime`. Every op runs on the calling thread (no onnxruntime thread pool
-    to compete with PyTorch's for the cores).
+    attach it with `model.use_fast_runtime`. A row runs on one thread (no onnxruntime thread pool to compete
+    with PyTorch's for the cores); a batch's rows on up to `row_workers` threads (default: PyTorch's intra-op
+    threads).
     """
 
-    def __init__(self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> None:
+    def __init__(
+        self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, row_workers: int | None = None
+    ) -> None:
         if model.embeddings.weight.device.type != "cpu":
             raise InputError("the onnxruntime fast transformer runs on CPU only")
         c = model.config
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
         self.sessions = [
-            ort.InferenceSession(
-                fast_position_graph(model, pos, accuracy_level), options, ["CPUExecutionProvider"]
-            )
+            cpu_session(fast_position_graph(model, pos, accuracy_level), threads=1)
             for pos in range(c.num_codebooks)
         ]
+        self.rows = RowRunner(row_workers or torch.get_num_threads())
         self._cache_shape = (c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._layers = c.n_fast_layer
         self._cache: list[np.ndarray] = []  # k0, v0, k1, v1, ...: [rows, heads, num_codebooks, head_dim]
@@ -200,9 +114,9 @@ class OnnxFastTransformer:
     def __call__(self, x: Tensor, pos: int) -> Tensor:
         """Codebook logits `[B, codebook_size]` (float32) of fast position `pos` for `x [B, fast_dim]`.
 
-        Rows run one at a time: MatMulNBits multiplies one row (GEMV) and several rows (GEMM) with other
-        float rounding, which int8 activations can amplify into other codes; one row at a time, a row's
-        numbers never depend on the batch it is in.
+        Each row is its own single-threaded run (several at once on the row runner's threads): MatMulNBits
+        multiplies one row (GEMV) and several rows (GEMM) with other float rounding, which int8 activations
+        can amplify into other codes; one row per run, a row's numbers never depend on the batch it is in.
         """
         batch = x.shape[0]
         if not self._cache or batch > self._cache[0].shape[0]:
@@ -211,8 +125,8 @@ class OnnxFastTransformer:
             )
         inputs = x.detach().to(torch.float32).numpy()
         session = self.sessions[pos]
-        logits = []
-        for row in range(batch):
+
+        def run_row(row: int) -> np.ndarray:
             feed = {"x": inputs[row : row + 1]}
             if pos > 0:
                 for index in range(self._layers):
@@ -221,5 +135,6 @@ class OnnxFastTransformer:
             row_logits, *entries = session.run(None, feed)
             for cache, entry in zip(self._cache, entries, strict=True):
                 cache[row, :, pos] = entry[0, :, 0]
-            logits.append(row_logits)
-        return torch.from_numpy(np.concatenate(logits))
+            return row_logits
+
+        return torch.from_numpy(np.concatenate(self.rows.map(run_row, batch)))

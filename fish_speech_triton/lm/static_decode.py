@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import WINDOW_SIZE, SamplingParams
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.sampling import sample_hashed
@@ -31,6 +32,11 @@ class StaticDecoder:
     def __init__(self, model: DualARTransformer, warmup: int = 2) -> None:
         if not model.num_slots:
             raise RuntimeError("call model.setup_caches() before building the static decoder")
+        if model.slow_runtime is not None:
+            raise InputError(
+                "fast_decode replays PyTorch's slow blocks: it cannot run with slow_transformer_runtime "
+                "onnxruntime"
+            )
         device = model.embeddings.weight.device
         self.model = model
         c = model.config

@@ -1,0 +1,137 @@
+"""Building blocks of the LM's onnxruntime graphs (`onnx_fast`, `onnx_slow`): int4 `MatMulNBits` linears in
+PyTorch's int4 grid, the RMS norm, and sessions that keep to the threads they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.model import RMSNorm
+from fish_speech_triton.lm.quantization import int4_group_size, quantize_int4
+
+T = TypeVar("T")
+
+ACCURACY_INT8 = 4  # MatMulNBits accuracy level: int8 activations (the fast CPU path)
+OPSET = 18
+
+
+def pack_int4(q: Tensor, group_size: int) -> np.ndarray:
+    """int4 codes `q [N, K]` (0..15) -> MatMulNBits' `[N, K / group_size, group_size / 2]` uint8, low nibble first."""
+    rows, cols = q.shape
+    codes = q.to(torch.uint8).reshape(rows, cols // group_size, group_size)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).numpy()
+
+
+def pack_zero_points(zero_points: Tensor) -> np.ndarray:
+    """`[N, G]` zero points (0..15) -> `[N * ceil(G / 2)]` uint8, two per byte, low nibble first."""
+    codes = zero_points.to(torch.uint8)
+    if codes.shape[1] % 2:
+        codes = torch.cat([codes, torch.zeros_like(codes[:, :1])], dim=1)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(-1).numpy()
+
+
+class GraphBuilder:
+    """A small ONNX graph builder: every node gets a fresh output name."""
+
+    def __init__(self, accuracy_level: int) -> None:
+        self.accuracy_level = accuracy_level
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self._count = 0
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}_{self._count}"
+
+    def constant(self, array: np.ndarray) -> str:
+        name = self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def ints(self, *values: int) -> str:
+        return self.constant(np.array(values, dtype=np.int64))
+
+    def floats(self, values: Tensor | float) -> str:
+        data = values.detach().float().numpy() if isinstance(values, Tensor) else np.array(values)
+        return self.constant(data.astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], domain: str = "", name: str | None = None, **attrs) -> str:
+        output = name or self._name(op)
+        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
+        return output
+
+    def slice(self, x: str, start: int, end: int, axis: int) -> str:
+        return self.node("Slice", [x, self.ints(start), self.ints(end), self.ints(axis)])
+
+    def reshape(self, x: str, *shape: int) -> str:
+        return self.node("Reshape", [x, self.ints(*shape)])
+
+    def linear(self, x: str, linear: nn.Module) -> str:
+        if type(linear) is not nn.Linear:
+            raise InputError(
+                f"the onnxruntime transformers are built from float nn.Linear layers, got {linear}"
+            )
+        weight = linear.weight.detach().float()
+        rows, cols = weight.shape
+        group_size = int4_group_size(cols)
+        q, scales, zero_points = quantize_int4(weight, group_size)
+        inputs = [x, self.constant(pack_int4(q, group_size)), self.floats(scales.reshape(-1))]
+        inputs.append(self.constant(pack_zero_points(zero_points)))
+        y = self.node(
+            "MatMulNBits",
+            inputs,
+            domain="com.microsoft",
+            K=cols,
+            N=rows,
+            bits=4,
+            block_size=group_size,
+            accuracy_level=self.accuracy_level,
+        )
+        return y if linear.bias is None else self.node("Add", [y, self.floats(linear.bias)])
+
+    def rms_norm(self, x: str, norm: RMSNorm) -> str:
+        mean = self.node("ReduceMean", [self.node("Pow", [x, self.floats(2.0)]), self.ints(-1)])
+        root = self.node("Sqrt", [self.node("Add", [mean, self.floats(norm.eps)])])
+        return self.node("Mul", [self.node("Div", [x, root]), self.floats(norm.weight)])
+
+    def model(self, name: str, inputs: list, outputs: list[str]) -> bytes:
+        """The serialized model of the nodes built so far (outputs of any shape, float32)."""
+        values = [helper.make_tensor_value_info(output, TensorProto.FLOAT, None) for output in outputs]
+        graph = helper.make_graph(self.nodes, name, inputs, values, self.initializers)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def cpu_session(model: bytes, threads: int) -> ort.InferenceSession:
+    """A CPU session on `threads` threads (the calling one included) that do not spin between runs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, ["CPUExecutionProvider"])
+
+
+class RowRunner:
+    """Runs a batch's rows, each one session run on one thread, on up to `workers` threads at once.
+
+    A row's numbers are those of its own single-threaded run whatever the batch, and a batch of B rows takes
+    ~B / workers row times instead of B (onnxruntime releases the GIL while it runs). One row runs on the
+    calling thread.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self.workers, "onnx-rows") if self.workers > 1 else None
+
+    def map(self, run_row: Callable[[int], T], rows: int) -> list[T]:
+        if self._pool is None or rows == 1:
+            return [run_row(row) for row in range(rows)]
+        return list(self._pool.map(run_row, range(rows)))

@@ -1,0 +1,179 @@
+"""The slow transformer on onnxruntime, int4 weights (an optional CPU speed lever, off by default).
+
+Decoding, a step's slow pass is 24 blocks of int4 matmuls over one row plus ~600 small ops; PyTorch spends
+~6 ms of its ~18 ms on dispatching the small ops and runs the matmuls on every core. One onnxruntime graph
+runs the whole pass on ONE core in ~12 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
+cost), which leaves the other cores to the fast transformer's neighbours: the codec, other requests.
+
+One graph, any number of new positions T after L cached ones, for one row:
+
+    inputs   x [T, dim] (embedded tokens), cos / sin [T, 1, head_dim / 2, 1] (RoPE of the T positions),
+             mask [T, L + T] (0 where a query may attend, -inf elsewhere: causal among the new positions),
+             past_k{l} / past_v{l} [L, n_local_heads, head_dim] for every slow layer l
+    outputs  hidden [1, dim] (the last position, before the final norm), then k{l} / v{l}
+             [T, n_local_heads, head_dim] (rotated keys and values of the new positions)
+
+The runtime keeps the KV cache itself (float32, `[slots, positions, n_local_heads, head_dim]` per layer, so
+a row's first L positions are one contiguous block that onnxruntime reads in place). Decoding runs on one
+thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread. Rows run one at a
+time, so a row's numbers never depend on its batch (see `onnx_fast`). The final norm and the token head
+stay in PyTorch. With `accuracy_level=0` (float activations) the graph reproduces the PyTorch blocks on the
+dequantized weights (tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from onnx import TensorProto, helper
+from torch import Tensor
+
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
+from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session
+
+
+def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> bytes:
+    """The serialized ONNX model of the slow transformer's blocks (see the module docstring)."""
+    c = model.config
+    heads, kv_heads, head_dim = c.n_head, c.n_local_heads, c.head_dim
+    group = heads // kv_heads
+    rotated = heads + kv_heads  # q and k heads, rotated together
+    g = GraphBuilder(accuracy_level)
+    scale = g.floats(head_dim**-0.5)
+    tensor = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("x", tensor, ["new", c.dim]),
+        helper.make_tensor_value_info("cos", tensor, ["new", 1, head_dim // 2, 1]),
+        helper.make_tensor_value_info("sin", tensor, ["new", 1, head_dim // 2, 1]),
+        helper.make_tensor_value_info("mask", tensor, ["new", "keys"]),
+    ]
+    cache_outputs = []
+    x = "x"
+    for index, block in enumerate(model.layers):
+        attention = block.attention
+        qkv = g.linear(g.rms_norm(x, block.attention_norm), attention.wqkv)
+        pairs = g.reshape(g.slice(qkv, 0, rotated * head_dim, 1), -1, rotated, head_dim // 2, 2)
+        x0, x1 = g.slice(pairs, 0, 1, 3), g.slice(pairs, 1, 2, 3)
+        real = g.node("Sub", [g.node("Mul", [x0, "cos"]), g.node("Mul", [x1, "sin"])])
+        imag = g.node("Add", [g.node("Mul", [x1, "cos"]), g.node("Mul", [x0, "sin"])])
+        qk = g.reshape(g.node("Concat", [real, imag], axis=3), -1, rotated, head_dim)
+        # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
+        q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
+        q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
+        k = g.node("Identity", [g.slice(qk, heads, rotated, 1)], name=f"k{index}")  # [T, KV, D]
+        v_flat = g.slice(qkv, rotated * head_dim, (rotated + kv_heads) * head_dim, 1)
+        v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, head_dim)], name=f"v{index}")
+        cache_outputs += [k, v]
+        past = [f"past_k{index}", f"past_v{index}"]
+        inputs += [helper.make_tensor_value_info(name, tensor, ["past", kv_heads, head_dim]) for name in past]
+        keys = g.node("Transpose", [g.node("Concat", [past[0], k], axis=0)], perm=[1, 2, 0])  # [KV, D, K]
+        values = g.node("Transpose", [g.node("Concat", [past[1], v], axis=0)], perm=[1, 0, 2])  # [KV, K, D]
+        keys = g.reshape(keys, kv_heads, 1, head_dim, -1)
+        values = g.reshape(values, kv_heads, 1, -1, head_dim)
+        scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), scale]), "mask"])  # [KV, G, T, K]
+        attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])  # [KV, G, T, D]
+        attended = g.reshape(g.node("Transpose", [attended], perm=[2, 0, 1, 3]), -1, heads * head_dim)
+        h = g.node("Add", [x, g.linear(attended, attention.wo)])
+        ffn = block.feed_forward
+        normed = g.rms_norm(h, block.ffn_norm)
+        gate = g.linear(normed, ffn.w1)
+        silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
+        x = g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)])
+    hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
+    return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
+
+
+class OnnxSlowTransformer:
+    """`DualARTransformer`'s slow blocks as onnxruntime sessions, with their own KV cache.
+
+    Build it from a model whose slow layers are still float `nn.Linear` (before `quantize_linear_layers`) and
+    attach it with `model.use_slow_runtime`. `threads` (default: PyTorch's intra-op threads) run a prompt
+    together; a decoded row runs on one thread, a batch's rows on up to `threads` at once.
+    """
+
+    def __init__(
+        self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, threads: int | None = None
+    ) -> None:
+        if model.embeddings.weight.device.type != "cpu":
+            raise InputError("the onnxruntime slow transformer runs on CPU only")
+        c = model.config
+        threads = threads or torch.get_num_threads()
+        graph = slow_graph(model, accuracy_level)
+        self.decoder = cpu_session(graph, threads=1)
+        self.prefiller = cpu_session(graph, threads=threads)
+        self.rows = RowRunner(threads)
+        rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
+        self._cos = rotations.real.numpy()  # [max_seq_len, head_dim / 2]
+        self._sin = rotations.imag.numpy()
+        self._layers = c.n_layer
+        self._entry = (c.n_local_heads, c.head_dim)
+        self._k: list[np.ndarray] = []  # per layer: [slots, positions, n_local_heads, head_dim]
+        self._v: list[np.ndarray] = []
+
+    def allocate(self, num_slots: int, max_seq_len: int) -> None:
+        """Room for `num_slots` rows of `max_seq_len` positions (called by `DualARTransformer.setup_caches`)."""
+        shape = (num_slots, max_seq_len, *self._entry)
+        self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
+        self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
+
+    def __call__(self, x: Tensor, input_pos: Tensor, slots: Tensor) -> Tensor:
+        """The hidden state `[B, dim]` (float32) of the last new position of each row.
+
+        x `[B, T, dim]` (embedded), input_pos `[B, T]` (consecutive positions; the slot holds everything
+        before them), slots `[B]`.
+        """
+        if not self._k:
+            raise RuntimeError("the slow transformer's cache is not allocated: call setup_caches()")
+        inputs = x.detach().to(torch.float32).numpy()
+        rows = list(zip(slots.tolist(), input_pos[:, 0].tolist(), input_pos[:, -1].tolist(), strict=True))
+        length = x.shape[1]
+        for row, (_, start, end) in enumerate(rows):
+            if end - start != length - 1:
+                raise ValueError(f"row {row}: the new positions must be consecutive, got {start}..{end}")
+        # a prompt runs on every thread; decoded rows on one each, several at once
+        session, runner = (self.decoder, self.rows) if length == 1 else (self.prefiller, None)
+
+        def run_row(row: int) -> np.ndarray:
+            slot, start, end = rows[row]
+            angles = slice(start, end + 1)
+            feed = {
+                "x": inputs[row],
+                "cos": self._cos[angles].reshape(length, 1, -1, 1),
+                "sin": self._sin[angles].reshape(length, 1, -1, 1),
+                "mask": causal_mask(start, length),
+            }
+            for index in range(self._layers):
+                feed[f"past_k{index}"] = self._k[index][slot, :start]
+                feed[f"past_v{index}"] = self._v[index][slot, :start]
+            row_hidden, *entries = session.run(None, feed)
+            for index in range(self._layers):
+                self._k[index][slot, angles] = entries[2 * index]
+                self._v[index][slot, angles] = entries[2 * index + 1]
+            return row_hidden
+
+        hidden = runner.map(run_row, len(rows)) if runner else [run_row(row) for row in range(len(rows))]
+        return torch.from_numpy(np.concatenate(hidden))
+
+    def export_prefix(self, slot: int, length: int) -> list[Tensor]:
+        """Copies of `slot`'s keys/values at positions `0..length-1`: [k0, v0, k1, v1, ...]."""
+        return [
+            torch.from_numpy(cache[index][slot, :length].copy())
+            for index in range(self._layers)
+            for cache in (self._k, self._v)
+        ]
+
+    def import_prefix(self, slot: int, tensors: list[Tensor]) -> None:
+        """Write tensors from `export_prefix` into `slot` at positions `0..length-1`."""
+        if len(tensors) != 2 * self._layers:
+            raise ValueError(f"expected {2 * self._layers} tensors (k and v per layer), got {len(tensors)}")
+        for index in range(self._layers):
+            for cache, tensor in ((self._k, tensors[2 * index]), (self._v, tensors[2 * index + 1])):
+                cache[index][slot, : tensor.shape[0]] = tensor.numpy()
+
+
+def causal_mask(start: int, length: int) -> np.ndarray:
+    """`[length, start + length]`: 0 where new position i may attend (keys up to start + i), -inf elsewhere."""
+    mask = np.zeros((length, start + length), dtype=np.float32)
+    mask[:, start:][np.triu_indices(length, 1)] = -np.inf
+    return mask
