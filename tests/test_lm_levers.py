@@ -115,7 +115,7 @@ def test_bad_lever_settings_are_refused():
     assert LmLevers.from_parameters(
         {"weight_quantization": "int4", "fast_transformer_runtime": " OnnxRuntime"}
     ) == LmLevers("int4", fast_transformer_runtime="onnxruntime")
-    with pytest.raises(InputError, match="slow_transformer_runtime must be one of torch, onnxruntime"):
+    with pytest.raises(InputError, match="slow_transformer_runtime must be one of torch, onnxruntime, onnx"):
         LmLevers.from_parameters({"slow_transformer_runtime": "tvm"})
     with pytest.raises(InputError, match="slow_transformer_runtime onnxruntime runs int4 weights"):
         LmLevers(slow_transformer_runtime="onnxruntime")
@@ -173,6 +173,7 @@ def lever_models(checkpoint, levers: LmLevers):
         LmLevers("int4", True),
         LmLevers("int4", True, "onnxruntime"),
         LmLevers("int4", True, "onnxruntime", "onnxruntime"),
+        LmLevers("int4", True, "onnxruntime-batched", "onnxruntime-batched"),
     ],
     ids=lambda levers: levers.describe(),
 )

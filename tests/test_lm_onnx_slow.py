@@ -1,6 +1,7 @@
-"""The onnxruntime slow transformer (`lm.onnx_slow`): the same arithmetic as the PyTorch blocks on the same
-int4 weights (with float activations), its own KV cache behind the model's cache API (prompts in pieces,
-prefixes moved between slots), rows independent of their batch, and clear refusals."""
+"""The onnxruntime slow transformer (`lm.onnx_slow`), in both forms (one fused graph per row with its own
+KV cache; block graphs over the whole batch with the attention in PyTorch): the same arithmetic as the
+PyTorch blocks on the same int4 weights (with float activations), the model's cache API (prompts in
+pieces, prefixes moved between slots), rows independent of their batch, and clear refusals."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.levers import LmLevers
-from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer, causal_mask
+from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer, causal_mask
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.lm.quantization import quantize_linear_layers
 from fish_speech_triton.lm.static_decode import StaticDecoder
@@ -21,6 +22,15 @@ from fish_speech_triton.serving.engine import GenerationRequest, SemanticEngine,
 
 FLOAT_ACTIVATIONS = 0  # MatMulNBits accuracy level that keeps activations in float32
 LEVERS = LmLevers("int4", slow_transformer_runtime="onnxruntime")
+RUNTIMES = ["onnxruntime", "onnxruntime-batched"]
+
+
+def attach(model, runtime: str, accuracy_level: int) -> None:
+    """The slow runtime `runtime` (a `slow_transformer_runtime` value) on `model`'s float layers."""
+    if runtime == "onnxruntime":
+        model.use_slow_runtime(OnnxSlowTransformer(model, accuracy_level=accuracy_level))
+    else:
+        model.use_slow_blocks(OnnxSlowBlocks(model, accuracy_level=accuracy_level))
 
 
 def random_tokens(generator: torch.Generator, length: int, rows: int = 1) -> torch.Tensor:
@@ -44,9 +54,10 @@ def test_causal_mask_lets_each_new_position_see_the_past_and_itself():
     ]
 
 
-def test_graph_computes_the_pytorch_blocks_on_the_same_int4_weights(lm_small_checkpoint):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_graphs_compute_the_pytorch_blocks_on_the_same_int4_weights(lm_small_checkpoint, runtime):
     model, _ = load_lm(lm_small_checkpoint)
-    model.use_slow_runtime(OnnxSlowTransformer(model, accuracy_level=FLOAT_ACTIVATIONS))
+    attach(model, runtime, FLOAT_ACTIVATIONS)
     assert len(model.layers) == 0  # PyTorch's copy of the blocks is released
     reference, _ = load_lm(lm_small_checkpoint)
     for m in (model, reference):
@@ -73,9 +84,10 @@ def test_graph_computes_the_pytorch_blocks_on_the_same_int4_weights(lm_small_che
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_do_not_depend_on_their_batch_and_prefixes_move_between_slots(lm_small_checkpoint):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_rows_do_not_depend_on_their_batch_and_prefixes_move_between_slots(lm_small_checkpoint, runtime):
     model, tokenizer = load_lm(lm_small_checkpoint)
-    LEVERS.apply(model, tokenizer)
+    LmLevers("int4", slow_transformer_runtime=runtime).apply(model, tokenizer)
     model.setup_caches(3, 64)
     generator = torch.Generator().manual_seed(1)
     for slot, length in enumerate((5, 9, 2)):
@@ -94,13 +106,15 @@ def test_rows_do_not_depend_on_their_batch_and_prefixes_move_between_slots(lm_sm
     assert all(torch.equal(a, b) for a, b in zip(moved, original, strict=True))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_engine_with_references_keeps_greedy_parity_and_batch_independent_sampling(
-    lm_small_checkpoint, lm_single_thread
+    lm_small_checkpoint, lm_single_thread, runtime
 ):
+    levers = LmLevers("int4", fast_transformer_runtime=runtime, slow_transformer_runtime=runtime)
     model, tokenizer = load_lm(lm_small_checkpoint)
-    LEVERS.apply(model, tokenizer)
+    levers.apply(model, tokenizer)
     reference, _ = load_lm(lm_small_checkpoint)
-    LEVERS.apply(reference, tokenizer, kernel_rows=LEVERS.reference_kernel_rows)
+    levers.apply(reference, tokenizer, kernel_rows=levers.reference_kernel_rows)
     voice = Reference("A reference voice says this.", torch.randint(0, 1000, (8, 12)))
     greedy = SamplingParams(top_p=1e-6, temperature=0.7, repetition_penalty=1.3, max_new_tokens=16)
     engine = SemanticEngine(model, tokenizer, num_slots=3, first_chunk_frames=3, stream_chunk_frames=5)

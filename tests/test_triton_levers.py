@@ -2,7 +2,8 @@
 int8 codec decoder serves.
 
 A second server serves `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only
---fast-transformer-runtime onnxruntime` and the fast decode path, and `vqgan_decoder` built with
+--fast-transformer-runtime onnxruntime-batched --slow-transformer-runtime onnxruntime-batched` and the fast
+decode path, and `vqgan_decoder` built with
 `--codec-precision int8`. Its greedy codes must equal the faithful loop run on the same changed model, and
 differ from the unchanged model's; its audio must be the int8 graph's, close to the float decoder's.
 """
@@ -24,7 +25,7 @@ from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.triton_server import TritonServer
 
-LEVERS = LmLevers("int4", semantic_head_only=True, fast_transformer_runtime="onnxruntime")
+LEVERS = LmLevers("int4", True, "onnxruntime-batched", "onnxruntime-batched")
 TEXTS = ["Hello world, this is a test.", "Numbers like 3.14 stay whole."]
 
 
@@ -43,6 +44,7 @@ def levered_server(tmp_path_factory, triton_checkpoint):
         weight_quantization=LEVERS.weight_quantization,
         semantic_head_only=LEVERS.semantic_head_only,
         fast_transformer_runtime=LEVERS.fast_transformer_runtime,
+        slow_transformer_runtime=LEVERS.slow_transformer_runtime,
         codec_precision="int8",
         verify=False,
     )

@@ -18,11 +18,13 @@ import torch
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
-from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer
+from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer
 from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
 from fish_speech_triton.lm.tokenizer import FishTokenizer
 
-RUNTIMES = ("torch", "onnxruntime")
+# onnxruntime: a run per row (latency, one or few streams); onnxruntime-batched: the batch's rows together
+# (throughput); both need int4 weights
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-batched")
 
 
 def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
@@ -34,8 +36,8 @@ def semantic_head_ids(tokenizer: FishTokenizer) -> torch.Tensor:
 @dataclass(frozen=True)
 class LmLevers:
     """weight_quantization: none | int8 | int4 (CPU); semantic_head_only: token logits for speech tokens only;
-    fast_transformer_runtime, slow_transformer_runtime: torch | onnxruntime (CPU, int4 weights with int8
-    activations; need int4)."""
+    fast_transformer_runtime, slow_transformer_runtime: torch | onnxruntime | onnxruntime-batched (CPU, int4
+    weights with int8 activations; need int4)."""
 
     weight_quantization: str = "none"
     semantic_head_only: bool = False
@@ -50,8 +52,8 @@ class LmLevers:
         for name, runtime in self._runtimes.items():
             if runtime not in RUNTIMES:
                 raise InputError(f"{name} must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-            if runtime == "onnxruntime" and self.weight_quantization != "int4":
-                raise InputError(f"{name} onnxruntime runs int4 weights: it needs weight_quantization int4")
+            if runtime != "torch" and self.weight_quantization != "int4":
+                raise InputError(f"{name} {runtime} runs int4 weights: it needs weight_quantization int4")
 
     @property
     def _runtimes(self) -> dict[str, str]:
@@ -63,7 +65,7 @@ class LmLevers:
     @property
     def onnxruntime(self) -> bool:
         """Whether a transformer runs on onnxruntime (int8 activations)."""
-        return "onnxruntime" in self._runtimes.values()
+        return any(runtime != "torch" for runtime in self._runtimes.values())
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> LmLevers:
@@ -97,10 +99,13 @@ class LmLevers:
         if self.semantic_head_only:
             model.restrict_token_head(semantic_head_ids(tokenizer))
         # the runtimes are built from the float weights, before quantizing them
-        if self.fast_transformer_runtime == "onnxruntime":
-            model.use_fast_runtime(OnnxFastTransformer(model))
+        if self.fast_transformer_runtime != "torch":
+            batched = self.fast_transformer_runtime == "onnxruntime-batched"
+            model.use_fast_runtime(OnnxFastTransformer(model, batched=batched))
         if self.slow_transformer_runtime == "onnxruntime":
             model.use_slow_runtime(OnnxSlowTransformer(model))
+        elif self.slow_transformer_runtime == "onnxruntime-batched":
+            model.use_slow_blocks(OnnxSlowBlocks(model))
         quantize_linear_layers(model, self.weight_quantization, kernel_rows)
 
     def describe(self) -> str:

@@ -45,6 +45,17 @@ class SlowRuntime(Protocol):
     def import_prefix(self, slot: int, tensors: list[Tensor]) -> None: ...
 
 
+SlowAttention = Callable[[int, Tensor], Tensor]
+
+
+class SlowBlocks(Protocol):
+    """The slow transformer's blocks run elsewhere except their attention, which stays with the model's KV cache
+    (e.g. `onnx_slow.OnnxSlowBlocks`): `blocks(x, attention)` runs every block over `x [B, T, dim]`, calling
+    `attention(layer, qkv)` (`attend_heads` on that layer's cache) between each block's wqkv and wo."""
+
+    def __call__(self, x: Tensor, attention: SlowAttention) -> Tensor: ...
+
+
 # cuDNN attention (chosen for bf16 on Hopper) plans anew for every key length, i.e. every decode step,
 # which costs ~1 ms of CPU per call; the other backends compute the same thing without that.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -95,36 +106,47 @@ class Attention(nn.Module):
         self.wo = nn.Linear(n_head * self.head_dim, dim, bias=False)
 
     def forward(self, x: Tensor, rope: Tensor, kv_update: KVUpdate, attend: Attend) -> Tensor:
-        batch, length, _ = x.shape
-        qkv = self.wqkv(x)
-        rotated = self.n_head + self.n_local_heads  # q and k heads: rotated together
-        qk = qkv[..., : rotated * self.head_dim].view(batch, length, rotated, self.head_dim)
-        q, k = apply_rope(qk, rope).split([self.n_head, self.n_local_heads], dim=2)
-        v = qkv[..., rotated * self.head_dim :].view(batch, length, self.n_local_heads, self.head_dim)
-        keys, values = kv_update(k, v)
-        group = self.n_head // self.n_local_heads
-        if length == 1:
-            # Decoding: the `group` query heads sharing a KV head (repeat_interleave order) attend as `group`
-            # query rows of that head. Same result as repeating the keys, without copying the cache per layer.
-            grouped = q.view(batch, self.n_local_heads, group, self.head_dim)
-            if isinstance(attend, tuple):
-                # Each row over exactly its own keys, not under a mask up to the batch's longest row: the
-                # kernels sum in an order that depends on the key count, so a row's numbers would depend on
-                # the rows batched with it.
-                rows = [
-                    F.scaled_dot_product_attention(
-                        grouped[b : b + 1], keys[b : b + 1, :, :n], values[b : b + 1, :, :n]
-                    )
-                    for b, n in enumerate(attend)
-                ]
-                y = rows[0] if batch == 1 else torch.cat(rows)
-            else:
-                y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=attend)
-            return self.wo(y.reshape(batch, 1, -1))
-        keys = keys.repeat_interleave(group, dim=1)
-        values = values.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=attend)
-        return self.wo(y.transpose(1, 2).reshape(batch, length, -1))
+        y = attend_heads(self.wqkv(x), rope, kv_update, attend, self.n_head, self.n_local_heads)
+        return self.wo(y)
+
+
+def attend_heads(
+    qkv: Tensor, rope: Tensor, kv_update: KVUpdate, attend: Attend, n_head: int, n_local_heads: int
+) -> Tensor:
+    """Attention between the wqkv and wo projections: `qkv [B, T, (n_head + 2 n_local_heads) D]` -> `[B, T, n_head D]`.
+
+    RoPE on the q and k heads, the cache update, then scaled dot-product attention (GQA).
+    """
+    batch, length, _ = qkv.shape
+    head_dim = qkv.shape[-1] // (n_head + 2 * n_local_heads)
+    rotated = n_head + n_local_heads  # q and k heads: rotated together
+    qk = qkv[..., : rotated * head_dim].view(batch, length, rotated, head_dim)
+    q, k = apply_rope(qk, rope).split([n_head, n_local_heads], dim=2)
+    v = qkv[..., rotated * head_dim :].view(batch, length, n_local_heads, head_dim)
+    keys, values = kv_update(k, v)
+    group = n_head // n_local_heads
+    if length == 1:
+        # Decoding: the `group` query heads sharing a KV head (repeat_interleave order) attend as `group`
+        # query rows of that head. Same result as repeating the keys, without copying the cache per layer.
+        grouped = q.view(batch, n_local_heads, group, head_dim)
+        if isinstance(attend, tuple):
+            # Each row over exactly its own keys, not under a mask up to the batch's longest row: the
+            # kernels sum in an order that depends on the key count, so a row's numbers would depend on
+            # the rows batched with it.
+            rows = [
+                F.scaled_dot_product_attention(
+                    grouped[b : b + 1], keys[b : b + 1, :, :n], values[b : b + 1, :, :n]
+                )
+                for b, n in enumerate(attend)
+            ]
+            y = rows[0] if batch == 1 else torch.cat(rows)
+        else:
+            y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=attend)
+        return y.reshape(batch, 1, -1)
+    keys = keys.repeat_interleave(group, dim=1)
+    values = values.repeat_interleave(group, dim=1)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=attend)
+    return y.transpose(1, 2).reshape(batch, length, -1)
 
 
 class FeedForward(nn.Module):
@@ -240,6 +262,7 @@ class DualARTransformer(nn.Module):
         self._fast_rope: Tensor | None = None
         self._fast_runtime: FastRuntime | None = None
         self.slow_runtime: SlowRuntime | None = None
+        self.slow_blocks: SlowBlocks | None = None
         self.num_slots = 0
         self.cache_seq_len = 0
 
@@ -267,7 +290,8 @@ class DualARTransformer(nn.Module):
         device = torch.device(device) if device is not None else weight.device
         slow_shape = (num_slots, c.n_local_heads, max_seq_len, c.head_dim)
         fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
-        self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in self.layers]
+        own_cache = self.slow_runtime is None
+        self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in range(c.n_layer) if own_cache]
         if self.slow_runtime is not None:
             self.slow_runtime.allocate(num_slots, max_seq_len)
         self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
@@ -347,11 +371,11 @@ class DualARTransformer(nn.Module):
             hidden = self.slow_runtime(x, input_pos, slots).to(x.dtype)
             return self.token_logits(self.norm(hidden)), hidden
         rope = self._slow_rope[input_pos][:, :, None]
-        with sdpa_kernel(_SDPA_BACKENDS):
-            for layer, cache in zip(self.layers, self._slow_caches, strict=True):
-                update = partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
-                x = layer(x, rope, update, attend)
-        hidden = x[:, -1]
+        updates = [
+            partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
+            for cache in self._slow_caches
+        ]
+        hidden = self._run_blocks(x, rope, updates, attend)[:, -1]
         return self.token_logits(self.norm(hidden)), hidden
 
     def forward_slow_all_slots(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -370,10 +394,8 @@ class DualARTransformer(nn.Module):
         rope = self._slow_rope[input_pos][:, :, None]
         key_pos = torch.arange(self.cache_seq_len, device=positions.device)
         mask = (key_pos <= input_pos[..., None])[:, None]
-        with sdpa_kernel(_SDPA_BACKENDS):
-            for layer, cache in zip(self.layers, self._slow_caches, strict=True):
-                x = layer(x, rope, partial(cache.update_all, input_pos=input_pos), mask)
-        hidden = x[:, -1]
+        updates = [partial(cache.update_all, input_pos=input_pos) for cache in self._slow_caches]
+        hidden = self._run_blocks(x, rope, updates, mask)[:, -1]
         return self.token_logits(self.norm(hidden)), hidden
 
     def use_slow_runtime(self, runtime: SlowRuntime) -> None:
@@ -383,6 +405,28 @@ class DualARTransformer(nn.Module):
         (~0.9 GB of a full-size bf16 model); the embeddings, the final norm and the token head stay here.
         """
         self.slow_runtime = runtime
+        self.layers = nn.ModuleList()
+
+    def _run_blocks(self, x: Tensor, rope: Tensor, updates: list[KVUpdate], attend: Attend) -> Tensor:
+        """The slow blocks over `x [B, T, dim]`, layer l's keys and values going through `updates[l]`."""
+        with sdpa_kernel(_SDPA_BACKENDS):
+            if self.slow_blocks is not None:
+                c = self.config
+
+                def attention(layer: int, qkv: Tensor) -> Tensor:
+                    return attend_heads(
+                        qkv.to(x.dtype), rope, updates[layer], attend, c.n_head, c.n_local_heads
+                    )
+
+                return self.slow_blocks(x, attention).to(x.dtype)
+            for layer, update in zip(self.layers, updates, strict=True):
+                x = layer(x, rope, update, attend)
+            return x
+
+    def use_slow_blocks(self, runtime: SlowBlocks) -> None:
+        """Run the slow blocks' matmuls on `runtime`, their attention and KV cache here (call `setup_caches`
+        afterwards). PyTorch's blocks are released; the embeddings, final norm and token head stay."""
+        self.slow_blocks = runtime
         self.layers = nn.ModuleList()
 
     # ------------------------------------------------------------------ token head

@@ -24,13 +24,14 @@ activations) the graphs reproduce the PyTorch blocks on the dequantized weights 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 from torch import Tensor
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
-from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session
+from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session, pad_rows
 
 
 def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int = ACCURACY_INT8) -> bytes:
@@ -86,27 +87,36 @@ class OnnxFastTransformer:
 
     Build it from a model whose fast layers are still float `nn.Linear` (before `quantize_linear_layers`) and
     attach it with `model.use_fast_runtime`. A row runs on one thread (no onnxruntime thread pool to compete
-    with PyTorch's for the cores); a batch's rows on up to `row_workers` threads (default: PyTorch's intra-op
-    threads).
+    with PyTorch's for the cores); a batch's rows on up to `threads` threads (default: PyTorch's intra-op
+    threads). `batched`: the whole batch in one run on `threads` threads instead (GEMMs that read the
+    weights once for all rows; `onnx_graph.pad_rows` keeps rows independent of their batch): the throughput
+    form, where one run per row is the latency form.
     """
 
     def __init__(
-        self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, row_workers: int | None = None
+        self,
+        model: DualARTransformer,
+        accuracy_level: int = ACCURACY_INT8,
+        threads: int | None = None,
+        batched: bool = False,
     ) -> None:
         if model.embeddings.weight.device.type != "cpu":
             raise InputError("the onnxruntime fast transformer runs on CPU only")
         c = model.config
+        threads = threads or torch.get_num_threads()
+        self.batched = batched
         self.sessions = [
-            cpu_session(fast_position_graph(model, pos, accuracy_level), threads=1)
+            cpu_session(fast_position_graph(model, pos, accuracy_level), threads if batched else 1)
             for pos in range(c.num_codebooks)
         ]
-        self.rows = RowRunner(row_workers or torch.get_num_threads())
+        self.rows = RowRunner(1 if batched else threads)
         self._cache_shape = (c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._layers = c.n_fast_layer
         self._cache: list[np.ndarray] = []  # k0, v0, k1, v1, ...: [rows, heads, num_codebooks, head_dim]
 
     def allocate(self, rows: int) -> None:
         """Room for decode batches of up to `rows` rows (called by `DualARTransformer.setup_caches`)."""
+        rows = rows + rows % 2 if self.batched else rows  # room for pad_rows' zero row
         self._cache = [
             np.zeros((rows, *self._cache_shape), dtype=np.float32) for _ in range(2 * self._layers)
         ]
@@ -125,6 +135,8 @@ class OnnxFastTransformer:
             )
         inputs = x.detach().to(torch.float32).numpy()
         session = self.sessions[pos]
+        if self.batched:
+            return torch.from_numpy(self._run_batch(session, pad_rows(inputs), pos)[:batch])
 
         def run_row(row: int) -> np.ndarray:
             feed = {"x": inputs[row : row + 1]}
@@ -138,3 +150,16 @@ class OnnxFastTransformer:
             return row_logits
 
         return torch.from_numpy(np.concatenate(self.rows.map(run_row, batch)))
+
+    def _run_batch(self, session: ort.InferenceSession, inputs: np.ndarray, pos: int) -> np.ndarray:
+        """Every row of `inputs [M, fast_dim]` in one run; caches rows 0..M-1."""
+        rows = inputs.shape[0]
+        feed = {"x": inputs}
+        if pos > 0:
+            for index in range(self._layers):
+                for kind, cache in (("k", self._cache[2 * index]), ("v", self._cache[2 * index + 1])):
+                    feed[f"past_{kind}{index}"] = np.ascontiguousarray(cache[:rows, :, :pos])
+        logits, *entries = session.run(None, feed)
+        for cache, entry in zip(self._cache, entries, strict=True):
+            cache[:rows, :, pos] = entry[:, :, 0]
+        return logits

@@ -29,8 +29,14 @@ from onnx import TensorProto, helper
 from torch import Tensor
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
-from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session
+from fish_speech_triton.lm.model import (
+    DualARTransformer,
+    SlowAttention,
+    TransformerBlock,
+    rope_rotations,
+    rope_table,
+)
+from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session, pad_rows
 
 
 def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> bytes:
@@ -74,14 +80,46 @@ def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) ->
         scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), scale]), "mask"])  # [KV, G, T, K]
         attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])  # [KV, G, T, D]
         attended = g.reshape(g.node("Transpose", [attended], perm=[2, 0, 1, 3]), -1, heads * head_dim)
-        h = g.node("Add", [x, g.linear(attended, attention.wo)])
-        ffn = block.feed_forward
-        normed = g.rms_norm(h, block.ffn_norm)
-        gate = g.linear(normed, ffn.w1)
-        silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
-        x = g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)])
+        x = block_output(g, x, attended, block)
     hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
     return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
+
+
+def block_output(
+    g: GraphBuilder, x: str, attended: str, block: TransformerBlock, name: str | None = None
+) -> str:
+    """What a block adds after its attention: `x + wo(attended)`, then the feed-forward residual."""
+    h = g.node("Add", [x, g.linear(attended, block.attention.wo)])
+    ffn = block.feed_forward
+    normed = g.rms_norm(h, block.ffn_norm)
+    gate = g.linear(normed, ffn.w1)
+    silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
+    return g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)], name=name)
+
+
+def block_graphs(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> list[bytes]:
+    """The slow blocks cut at their attention, for `OnnxSlowBlocks`: n_layer + 1 graphs over `M` rows.
+
+    Graph 0: `h [M, dim]` -> `qkv` of block 0. Graph l (1 <= l < n_layer): `h`, `y [M, n_head head_dim]`
+    (block l - 1's attention output) -> `h_out` (block l - 1 finished), `qkv` of block l. Graph n_layer:
+    `h`, `y` -> `h_out`.
+    """
+    c = model.config
+    tensor = TensorProto.FLOAT
+    graphs = []
+    for index in range(c.n_layer + 1):
+        g = GraphBuilder(accuracy_level)
+        inputs = [helper.make_tensor_value_info("h", tensor, ["rows", c.dim])]
+        outputs, h = [], "h"
+        if index > 0:
+            inputs.append(helper.make_tensor_value_info("y", tensor, ["rows", c.n_head * c.head_dim]))
+            h = block_output(g, h, "y", model.layers[index - 1], name="h_out")
+            outputs.append(h)
+        if index < c.n_layer:
+            block = model.layers[index]
+            outputs.append(g.linear(g.rms_norm(h, block.attention_norm), block.attention.wqkv))
+        graphs.append(g.model(f"slow_block_{index}", inputs, outputs))
+    return graphs
 
 
 class OnnxSlowTransformer:
@@ -177,3 +215,35 @@ def causal_mask(start: int, length: int) -> np.ndarray:
     mask = np.zeros((length, start + length), dtype=np.float32)
     mask[:, start:][np.triu_indices(length, 1)] = -np.inf
     return mask
+
+
+class OnnxSlowBlocks:
+    """The slow blocks' matmuls as onnxruntime graphs over a whole batch, their attention in PyTorch
+    (`DualARTransformer.use_slow_blocks`): the throughput form of the lever.
+
+    A decode step multiplies every row of the batch at once (one weight read for all rows, int8 GEMMs on
+    every thread) and attends each row over its own keys in the model's KV cache, so a row's numbers do not
+    depend on its batch (`onnx_graph.pad_rows`). Build it from float `nn.Linear` layers (before quantizing).
+    """
+
+    def __init__(
+        self, model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, threads: int | None = None
+    ) -> None:
+        if model.embeddings.weight.device.type != "cpu":
+            raise InputError("the onnxruntime slow transformer runs on CPU only")
+        threads = threads or torch.get_num_threads()
+        self.sessions = [cpu_session(graph, threads) for graph in block_graphs(model, accuracy_level)]
+
+    def __call__(self, x: Tensor, attention: SlowAttention) -> Tensor:
+        """The blocks over `x [B, T, dim]`; `attention(layer, qkv [B, T, ...])` -> `[B, T, n_head head_dim]`."""
+        batch, length, dim = x.shape
+        rows = batch * length
+        h = pad_rows(x.detach().to(torch.float32).reshape(rows, dim).numpy())
+        (qkv,) = self.sessions[0].run(None, {"h": h})
+        for layer, session in enumerate(self.sessions[1:]):
+            y = attention(layer, torch.from_numpy(qkv[:rows]).view(batch, length, -1))
+            h, *rest = session.run(
+                None, {"h": h, "y": pad_rows(y.to(torch.float32).reshape(rows, -1).numpy())}
+            )
+            qkv = rest[0] if rest else qkv
+        return torch.from_numpy(h[:rows]).view(batch, length, dim)
