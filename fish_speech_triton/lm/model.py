@@ -20,8 +20,8 @@ from fish_speech_triton.lm.config import DualARConfig
 
 KVUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 # What the queries attend over: a boolean mask broadcast to [B, heads, T, keys] (True: attend), None (every
-# key), or, when each row decodes one position, how many keys each row has (see `Attention.forward`).
-Attend = Tensor | tuple[int, ...] | None
+# key), or, when each row decodes one position, each row's (cache row, key count) (see `attend_heads`).
+Attend = Tensor | tuple[tuple[int, int], ...] | None
 
 
 class FastRuntime(Protocol):
@@ -130,14 +130,14 @@ def attend_heads(
         # query rows of that head. Same result as repeating the keys, without copying the cache per layer.
         grouped = q.view(batch, n_local_heads, group, head_dim)
         if isinstance(attend, tuple):
-            # Each row over exactly its own keys, not under a mask up to the batch's longest row: the
-            # kernels sum in an order that depends on the key count, so a row's numbers would depend on
-            # the rows batched with it.
+            # Each row over exactly its own keys, read in place from its cache row (`keys` is the whole
+            # cache), not under a mask up to the batch's longest row: the kernels sum in an order that
+            # depends on the key count, so a row's numbers would depend on the rows batched with it.
             rows = [
                 F.scaled_dot_product_attention(
-                    grouped[b : b + 1], keys[b : b + 1, :, :n], values[b : b + 1, :, :n]
+                    grouped[b : b + 1], keys[s : s + 1, :, :n], values[s : s + 1, :, :n]
                 )
-                for b, n in enumerate(attend)
+                for b, (s, n) in enumerate(attend)
             ]
             y = rows[0] if batch == 1 else torch.cat(rows)
         else:
@@ -187,12 +187,16 @@ class SlotKVCache(KVCache):
     """A slow layer's cache: one row per slot, `[num_slots, n_local_heads, max_seq_len, head_dim]`."""
 
     def update(
-        self, k: Tensor, v: Tensor, *, slots: Tensor, input_pos: Tensor, kv_len: int
+        self, k: Tensor, v: Tensor, *, slots: Tensor, input_pos: Tensor, kv_len: int | None
     ) -> tuple[Tensor, Tensor]:
-        """Write `k, v [B, T, H, D]` at rows `slots [B]`, columns `input_pos [B, T]`; return `[B, H, kv_len, D]`."""
+        """Write `k, v [B, T, H, D]` at rows `slots [B]`, columns `input_pos [B, T]`; return the rows'
+        `[B, H, kv_len, D]` (a copy), or with `kv_len=None` the whole cache (no copy: decoding reads each
+        row in place)."""
         rows = slots[:, None]
         self.k[rows, :, input_pos] = k.to(self.k.dtype)
         self.v[rows, :, input_pos] = v.to(self.v.dtype)
+        if kv_len is None:
+            return self.k, self.v
         return self.k[slots, :, :kv_len], self.v[slots, :, :kv_len]
 
     def update_all(self, k: Tensor, v: Tensor, *, input_pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -357,13 +361,16 @@ class DualARTransformer(nn.Module):
         """
         self._require_caches()
         attend: Attend
+        gather: int | None = None  # decoding reads each row's keys in place
         if tokens.shape[-1] == 1:
-            attend = tuple((input_pos[:, 0] + 1).tolist())  # keys per row
-            kv_len = max(attend)
+            counts = (input_pos[:, 0] + 1).tolist()  # keys per row
+            attend = tuple(zip(slots.tolist(), counts, strict=True))
+            kv_len = max(counts)
         else:
             kv_len = int(input_pos.max()) + 1
             key_pos = torch.arange(kv_len, device=input_pos.device)
             attend = (key_pos <= input_pos[..., None])[:, None]
+            gather = kv_len
         if kv_len > self.cache_seq_len:
             raise ValueError(f"position {kv_len - 1} is beyond the cache ({self.cache_seq_len} positions)")
         x = self.embed(tokens)
@@ -372,7 +379,7 @@ class DualARTransformer(nn.Module):
             return self.token_logits(self.norm(hidden)), hidden
         rope = self._slow_rope[input_pos][:, :, None]
         updates = [
-            partial(cache.update, slots=slots, input_pos=input_pos, kv_len=kv_len)
+            partial(cache.update, slots=slots, input_pos=input_pos, kv_len=gather)
             for cache in self._slow_caches
         ]
         hidden = self._run_blocks(x, rope, updates, attend)[:, -1]
