@@ -1,17 +1,21 @@
-"""bench.load: the statistics, the reports, and a tiny run of ours against the baseline on a real tritonserver."""
+"""bench.load: the statistics, the reports, and a tiny run of ours against the baseline on a real tritonserver;
+bench.lm_step on a small checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import shutil
 
 import pytest
 
-from bench import load
+from bench import lm_step, load
+from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
 from bench.workload import TEXTS, LevelRun, RequestRecord, RequestSpec, request_specs, run_level
+from fish_speech_triton.lm.levers import RUNTIMES
 from fish_speech_triton.tools.cli import run_cli
 
 
@@ -98,3 +102,14 @@ def test_bad_arguments_are_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --concurrency levels must be at least 1, got '0,2'"
     assert run_cli(load.main, ["--url", "127.0.0.1:1", "--quick", "--no-baseline"]) == 2
     assert "no Triton server reachable at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_lm_step_times_every_runtime_and_row_count(lm_small_checkpoint, lm_single_thread, tmp_path, capsys):
+    checkpoint = tmp_path / "lm"
+    shutil.copytree(lm_small_checkpoint, checkpoint)
+    (checkpoint / DONE_MARKER).touch()  # a small checkpoint where the benchmark writes a full-size one
+    args = ["--checkpoint-dir", str(checkpoint), "--rows", "1", "3", "--rounds", "1", "--steps", "2"]
+    assert lm_step.main([*args, "--cached", "4", "--threads", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert [(r[1], r[2]) for r in rows] == [(rt, n) for n in ("1", "3") for rt in RUNTIMES]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)

@@ -1,0 +1,111 @@
+"""Where a decode step's time goes: the slow pass and the fast positions, per transformer runtime, A/B.
+
+    python -m bench.lm_step [--runtimes torch onnxruntime onnxruntime-batched] [--rows 1 8] [--rounds 3]
+        [--cached 100] [--steps 6] [--threads 2]
+
+Full-size random checkpoint (written once to --checkpoint-dir), bf16, int4 weights and the semantic-only
+head on every model. Each runtime (`torch`, `onnxruntime`, `onnxruntime-batched`: the value of both
+`fast_transformer_runtime` and `slow_transformer_runtime`) gets its own model; each row holds --cached
+positions. Then, round after round, every runtime runs --steps decode steps of each row count in turn
+(alternating, so that this machine's drift hits them all alike) and prints the medians: `forward_slow`, then
+the 8 fast positions. Sampling is left out: both parts are what the runtimes change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.lm_speed import ensure_checkpoint
+from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.lm.levers import RUNTIMES, LmLevers
+from fish_speech_triton.lm.model import DualARTransformer
+from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
+
+
+def levers_for(runtime: str) -> LmLevers:
+    return LmLevers("int4", True, runtime, runtime)
+
+
+@torch.inference_mode()
+def step_times(model: DualARTransformer, rows: int, start: int, steps: int) -> tuple[float, float]:
+    """Median seconds of `forward_slow` and of the 8 fast positions over `steps` decode steps of `rows` rows."""
+    c = model.config
+    slow, fast = [], []
+    slots = torch.arange(rows)
+    for step in range(steps):
+        tokens = torch.zeros(rows, 1 + c.num_codebooks, 1, dtype=torch.long)
+        started = time.perf_counter()
+        _, hidden = model.forward_slow(tokens, torch.full((rows, 1), start + step), slots)
+        middle = time.perf_counter()
+        model.forward_fast(hidden, 0)
+        for pos in range(1, c.num_codebooks):
+            model.forward_fast(model.embed_fast(torch.zeros(rows, dtype=torch.long)), pos)
+        slow.append(middle - started)
+        fast.append(time.perf_counter() - middle)
+    return float(np.median(slow)), float(np.median(fast))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lm_step", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("artifacts/bench/lm-full-random"))
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="decode steps per runtime, row count and round")
+    parser.add_argument("--cached", type=int, default=100, help="positions already in each row's cache")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if min(args.rows) < 1 or args.rounds < 1 or args.steps < 1 or args.cached < 1:
+        parser.error("--rows, --rounds, --steps and --cached must be positive")
+    threads = keep_main_thread_serial(args.threads)
+    checkpoint = ensure_checkpoint(args.checkpoint_dir)
+    slots = max(args.rows)
+    budget = args.cached + args.rounds * len(args.rows) * args.steps
+
+    def load(runtime: str) -> DualARTransformer:
+        model, tokenizer = load_lm(checkpoint, dtype=torch.bfloat16)
+        levers_for(runtime).apply(model, tokenizer)
+        model.setup_caches(slots, budget)
+        prompt = torch.zeros(1, 1 + model.config.num_codebooks, args.cached, dtype=torch.long)
+        with torch.inference_mode():
+            for slot in range(slots):
+                model.forward_slow(prompt, torch.arange(args.cached)[None], torch.tensor([slot]))
+        return model
+
+    def measure() -> None:
+        models = {}
+        for runtime in args.runtimes:
+            print(f"loading {levers_for(runtime).describe()}", file=sys.stderr, flush=True)
+            models[runtime] = load(runtime)
+        print(
+            f"bf16, {threads} threads, {args.cached} cached positions per row; median of {args.steps} steps"
+        )
+        print(
+            "| round | runtimes (fast and slow) | rows | slow pass (ms) | 8 fast positions (ms) | step (ms) |"
+        )
+        print("|---|---|---|---|---|---|")
+        position = args.cached
+        for round_index in range(1, args.rounds + 1):
+            for rows in args.rows:
+                for runtime, model in models.items():
+                    slow, fast = step_times(model, rows, position, args.steps)
+                    print(
+                        f"| {round_index} | {runtime} | {rows} | {slow * 1e3:.1f} | {fast * 1e3:.1f} | "
+                        f"{(slow + fast) * 1e3:.1f} |",
+                        flush=True,
+                    )
+                position += args.steps
+
+    run_on_worker_thread(measure, threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
