@@ -48,18 +48,11 @@ def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int 
     cache_outputs = []
     x = "x"
     for index, block in enumerate(model.fast_layers):
-        attention = block.attention
-        qkv = g.linear(g.rms_norm(x, block.attention_norm), attention.wqkv)
-        pairs = g.reshape(g.slice(qkv, 0, rotated * head_dim, 1), -1, rotated, head_dim // 2, 2)
-        x0, x1 = g.slice(pairs, 0, 1, 3), g.slice(pairs, 1, 2, 3)
-        real = g.node("Sub", [g.node("Mul", [x0, cos]), g.node("Mul", [x1, sin])])
-        imag = g.node("Add", [g.node("Mul", [x1, cos]), g.node("Mul", [x0, sin])])
-        qk = g.reshape(g.node("Concat", [real, imag], axis=3), -1, rotated, head_dim)
+        qk, v_flat = g.attention_input(x, block, cos, sin)
         q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, heads // kv_heads, head_dim)
         k = g.node(
             "Reshape", [g.slice(qk, heads, rotated, 1), g.ints(-1, kv_heads, 1, head_dim)], name=f"k{index}"
         )
-        v_flat = g.slice(qkv, rotated * head_dim, (rotated + kv_heads) * head_dim, 1)
         v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, 1, head_dim)], name=f"v{index}")
         cache_outputs += [k, v]
         keys, values = k, v
@@ -72,12 +65,7 @@ def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int 
         # GQA decode: the query heads sharing a KV head attend as rows of it (repeat_interleave order)
         scores = g.node("Mul", [g.node("MatMul", [q, g.node("Transpose", [keys], perm=[0, 1, 3, 2])]), scale])
         attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])
-        h = g.node("Add", [x, g.linear(g.reshape(attended, -1, heads * head_dim), attention.wo)])
-        ffn = block.feed_forward
-        normed = g.rms_norm(h, block.ffn_norm)
-        gate = g.linear(normed, ffn.w1)
-        silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
-        x = g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)])
+        x = g.block_output(x, g.reshape(attended, -1, heads * head_dim), block)
     logits = g.linear(g.rms_norm(x, model.fast_norm), model.fast_output)
     return g.model(f"fast_position_{pos}", inputs, [logits, *cache_outputs])
 

@@ -15,7 +15,7 @@ from onnx import NodeProto, TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import RMSNorm
+from fish_speech_triton.lm.model import RMSNorm, TransformerBlock
 from fish_speech_triton.lm.quantization import int4_group_size, quantize_int4
 
 T = TypeVar("T")
@@ -102,6 +102,34 @@ class GraphBuilder:
         mean = self.node("ReduceMean", [self.node("Pow", [x, self.floats(2.0)]), self.ints(-1)])
         root = self.node("Sqrt", [self.node("Add", [mean, self.floats(norm.eps)])])
         return self.node("Mul", [self.node("Div", [x, root]), self.floats(norm.weight)])
+
+    def attention_input(self, x: str, block: TransformerBlock, cos: str, sin: str) -> tuple[str, str]:
+        """A block's `wqkv(attention_norm(x))` for rows `x [M, dim]`, RoPE applied to its q and k heads.
+
+        `cos` / `sin` broadcast to `[M, heads, head_dim / 2, 1]`. Returns the rotated q and k heads
+        `[M, H + KV, D]` and the flat v `[M, KV D]`.
+        """
+        attention = block.attention
+        heads, kv_heads, head_dim = attention.n_head, attention.n_local_heads, attention.head_dim
+        rotated = heads + kv_heads  # q and k heads, rotated together
+        qkv = self.linear(self.rms_norm(x, block.attention_norm), attention.wqkv)
+        pairs = self.reshape(self.slice(qkv, 0, rotated * head_dim, 1), -1, rotated, head_dim // 2, 2)
+        x0, x1 = self.slice(pairs, 0, 1, 3), self.slice(pairs, 1, 2, 3)
+        real = self.node("Sub", [self.node("Mul", [x0, cos]), self.node("Mul", [x1, sin])])
+        imag = self.node("Add", [self.node("Mul", [x1, cos]), self.node("Mul", [x0, sin])])
+        qk = self.reshape(self.node("Concat", [real, imag], axis=3), -1, rotated, head_dim)
+        v = self.slice(qkv, rotated * head_dim, (rotated + kv_heads) * head_dim, 1)
+        return qk, v
+
+    def block_output(self, x: str, attended: str, block: TransformerBlock, name: str | None = None) -> str:
+        """What a block adds after its attention: `x + wo(attended)`, then the feed-forward residual."""
+        h = self.node("Add", [x, self.linear(attended, block.attention.wo)])
+        ffn = block.feed_forward
+        normed = self.rms_norm(h, block.ffn_norm)
+        gate = self.linear(normed, ffn.w1)
+        silu = self.node("Mul", [gate, self.node("Sigmoid", [gate])])
+        up = self.linear(self.node("Mul", [silu, self.linear(normed, ffn.w3)]), ffn.w2)
+        return self.node("Add", [h, up], name=name)
 
     def model(self, name: str, inputs: list, outputs: list[str]) -> bytes:
         """The serialized model of the nodes built so far (outputs of any shape, float32)."""

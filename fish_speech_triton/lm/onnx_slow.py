@@ -32,7 +32,6 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import (
     DualARTransformer,
     SlowAttention,
-    TransformerBlock,
     rope_rotations,
     rope_table,
 )
@@ -57,18 +56,11 @@ def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) ->
     cache_outputs = []
     x = "x"
     for index, block in enumerate(model.layers):
-        attention = block.attention
-        qkv = g.linear(g.rms_norm(x, block.attention_norm), attention.wqkv)
-        pairs = g.reshape(g.slice(qkv, 0, rotated * head_dim, 1), -1, rotated, head_dim // 2, 2)
-        x0, x1 = g.slice(pairs, 0, 1, 3), g.slice(pairs, 1, 2, 3)
-        real = g.node("Sub", [g.node("Mul", [x0, "cos"]), g.node("Mul", [x1, "sin"])])
-        imag = g.node("Add", [g.node("Mul", [x1, "cos"]), g.node("Mul", [x0, "sin"])])
-        qk = g.reshape(g.node("Concat", [real, imag], axis=3), -1, rotated, head_dim)
+        qk, v_flat = g.attention_input(x, block, "cos", "sin")
         # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
         q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
         q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
         k = g.node("Identity", [g.slice(qk, heads, rotated, 1)], name=f"k{index}")  # [T, KV, D]
-        v_flat = g.slice(qkv, rotated * head_dim, (rotated + kv_heads) * head_dim, 1)
         v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, head_dim)], name=f"v{index}")
         cache_outputs += [k, v]
         past = [f"past_k{index}", f"past_v{index}"]
@@ -80,21 +72,9 @@ def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) ->
         scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), scale]), "mask"])  # [KV, G, T, K]
         attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])  # [KV, G, T, D]
         attended = g.reshape(g.node("Transpose", [attended], perm=[2, 0, 1, 3]), -1, heads * head_dim)
-        x = block_output(g, x, attended, block)
+        x = g.block_output(x, attended, block)
     hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
     return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
-
-
-def block_output(
-    g: GraphBuilder, x: str, attended: str, block: TransformerBlock, name: str | None = None
-) -> str:
-    """What a block adds after its attention: `x + wo(attended)`, then the feed-forward residual."""
-    h = g.node("Add", [x, g.linear(attended, block.attention.wo)])
-    ffn = block.feed_forward
-    normed = g.rms_norm(h, block.ffn_norm)
-    gate = g.linear(normed, ffn.w1)
-    silu = g.node("Mul", [gate, g.node("Sigmoid", [gate])])
-    return g.node("Add", [h, g.linear(g.node("Mul", [silu, g.linear(normed, ffn.w3)]), ffn.w2)], name=name)
 
 
 def block_graphs(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> list[bytes]:
@@ -113,7 +93,7 @@ def block_graphs(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) 
         outputs, h = [], "h"
         if index > 0:
             inputs.append(helper.make_tensor_value_info("y", tensor, ["rows", c.n_head * c.head_dim]))
-            h = block_output(g, h, "y", model.layers[index - 1], name="h_out")
+            h = g.block_output(h, "y", model.layers[index - 1], name="h_out")
             outputs.append(h)
         if index < c.n_layer:
             block = model.layers[index]
