@@ -3,7 +3,7 @@
 Decoding, a step's slow pass is 24 blocks of int4 matmuls over one row plus ~600 small ops; PyTorch spends
 ~6 ms of its ~18 ms on dispatching the small ops and runs the matmuls on every core. One onnxruntime graph
 runs the whole pass on ONE core in ~12 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
-cost), which leaves the other cores to the fast transformer's neighbours: the codec, other requests.
+cost), which leaves the other cores to the LM's neighbours: the codec, other requests.
 
 One graph, any number of new positions T after L cached ones, for one row:
 
@@ -15,10 +15,14 @@ One graph, any number of new positions T after L cached ones, for one row:
 
 The runtime keeps the KV cache itself (float32, `[slots, positions, n_local_heads, head_dim]` per layer, so
 a row's first L positions are one contiguous block that onnxruntime reads in place). Decoding runs on one
-thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread. Rows run one at a
-time, so a row's numbers never depend on its batch (see `onnx_fast`). The final norm and the token head
+thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread. Each row is its own
+run (a batch's rows side by side on `RowRunner`'s threads), so a row's numbers never depend on its batch. The final norm and the token head
 stay in PyTorch. With `accuracy_level=0` (float activations) the graph reproduces the PyTorch blocks on the
 dequantized weights (tests).
+
+That is the latency form (`slow_transformer_runtime onnxruntime`): a batch of B rows reads the weights B
+times. The throughput form (`onnxruntime-batched`, `OnnxSlowBlocks`) multiplies a step's rows together in
+`block_graphs`, cut at each block's attention, which runs in PyTorch on the model's own KV cache.
 """
 
 from __future__ import annotations
