@@ -32,7 +32,7 @@ from bench.report import markdown_table, write_reports
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from client.triton_stream import DEFAULT_URL
-from export.build_repository import add_codec_arguments
+from export.build_repository import add_process_arguments
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hub import CODEC_FILE
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
@@ -227,13 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = parser.add_argument_group(
         "with --start-server, ours' deployment options (default: the builder's)"
     )
-    server.add_argument(
-        "--torch-threads", type=int, default=0, help="llama_semantic's threads (0: all cores)"
-    )
-    server.add_argument(
-        "--codec-threads", type=int, default=0, help="each codec model's threads (0: all cores)"
-    )
-    add_codec_arguments(server)
+    add_process_arguments(server)
     server.add_argument(
         "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
     )

@@ -70,6 +70,9 @@ class RepositoryOptions:
         for name in POSITIVE_OPTIONS:
             if getattr(self, name) < 1:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("torch_threads", "codec_threads"):
+            if getattr(self, name) < 0:
+                raise FishSpeechError(f"--{name.replace('_', '-')} must be 0 (all cores) or more")
         _ = self.levers  # known values that go together, or InputError
         if self.weight_quantization != "none" and not self.device.startswith("cpu"):
             raise FishSpeechError(
@@ -199,8 +202,19 @@ def build_repository(opts: RepositoryOptions) -> Path:
     return opts.output_dir
 
 
-def add_codec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """`--codec-instances` and `--codec-precision`, shared with `bench.load`'s server options."""
+def add_process_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Threads and instances of the model processes and the codec decoder's precision, shared with
+    `bench.load`'s server options."""
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="llama_semantic's intra-op threads (0: all cores)"
+    )
+    parser.add_argument(
+        "--codec-threads",
+        type=int,
+        default=0,
+        help="each codec instance's onnxruntime threads (0: all cores; on a small CPU machine serving many "
+        "streams, 1 thread per instance and --codec-instances 2 spend less CPU per audio second)",
+    )
     parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
     parser.add_argument(
         "--codec-precision",
@@ -234,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kv-slots", type=int, default=8, help="concurrent sequences per LM instance")
     parser.add_argument("--lm-instances", type=int, default=1, help="llama_semantic instances")
-    add_codec_arguments(parser)
+    add_process_arguments(parser)
     parser.add_argument(
         "--first-chunk-frames",
         type=int,
@@ -277,6 +291,8 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         kv_slots=args.kv_slots,
         lm_instances=args.lm_instances,
         codec_instances=args.codec_instances,
+        codec_threads=args.codec_threads,
+        torch_threads=args.torch_threads,
         first_chunk_frames=args.first_chunk_frames,
         stream_chunk_frames=args.stream_chunk_frames,
         references_dir=args.references_dir,

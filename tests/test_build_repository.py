@@ -89,10 +89,21 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
     assert parameter(llama, "slow_transformer_runtime") == "onnxruntime"
 
 
+def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
+    configs = configs_for(
+        tmp_path, triton_checkpoint, "--torch-threads", "1", "--codec-threads", "1", "--codec-instances", "2"
+    )
+    assert parameter(configs["llama_semantic"], "torch_threads") == "1"
+    for codec in ("vqgan_encoder", "vqgan_decoder"):
+        assert parameter(configs[codec], "intra_op_threads") == "1"
+        assert "count: 2" in configs[codec]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"stream_chunk_frames": 0}, "--stream-chunk-frames must be at least 1"),
+        ({"codec_threads": -1}, "--codec-threads must be 0 \\(all cores\\) or more"),
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
         ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
         ({"fast_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
