@@ -124,30 +124,23 @@ class OnnxFastTransformer:
         inputs = x.detach().to(torch.float32).numpy()
         session = self.sessions[pos]
         if self.batched:
-            return torch.from_numpy(self._run_batch(session, pad_rows(inputs), pos)[:batch])
+            padded = pad_rows(inputs)
+            return torch.from_numpy(self._run(session, padded, slice(0, padded.shape[0]), pos)[:batch])
 
         def run_row(row: int) -> np.ndarray:
-            feed = {"x": inputs[row : row + 1]}
-            if pos > 0:
-                for index in range(self._layers):
-                    for kind, cache in (("k", self._cache[2 * index]), ("v", self._cache[2 * index + 1])):
-                        feed[f"past_{kind}{index}"] = np.ascontiguousarray(cache[row : row + 1, :, :pos])
-            row_logits, *entries = session.run(None, feed)
-            for cache, entry in zip(self._cache, entries, strict=True):
-                cache[row, :, pos] = entry[0, :, 0]
-            return row_logits
+            return self._run(session, inputs[row : row + 1], slice(row, row + 1), pos)
 
         return torch.from_numpy(np.concatenate(self.rows.map(run_row, batch)))
 
-    def _run_batch(self, session: ort.InferenceSession, inputs: np.ndarray, pos: int) -> np.ndarray:
-        """Every row of `inputs [M, fast_dim]` in one run; caches rows 0..M-1."""
-        rows = inputs.shape[0]
+    def _run(self, session: ort.InferenceSession, inputs: np.ndarray, rows: slice, pos: int) -> np.ndarray:
+        """`inputs [M, fast_dim]` in one run, over cache rows `rows` (M of them): their past is read, their
+        entries at `pos` written. Returns the logits `[M, codebook_size]`."""
         feed = {"x": inputs}
         if pos > 0:
             for index in range(self._layers):
                 for kind, cache in (("k", self._cache[2 * index]), ("v", self._cache[2 * index + 1])):
-                    feed[f"past_{kind}{index}"] = np.ascontiguousarray(cache[:rows, :, :pos])
+                    feed[f"past_{kind}{index}"] = np.ascontiguousarray(cache[rows, :, :pos])
         logits, *entries = session.run(None, feed)
         for cache, entry in zip(self._cache, entries, strict=True):
-            cache[:rows, :, pos] = entry[:, :, 0]
+            cache[rows, :, pos] = entry[:, :, 0]
         return logits
