@@ -294,10 +294,11 @@ class DualARTransformer(nn.Module):
         device = torch.device(device) if device is not None else weight.device
         slow_shape = (num_slots, c.n_local_heads, max_seq_len, c.head_dim)
         fast_shape = (num_slots, c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
-        own_cache = self.slow_runtime is None
-        self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in range(c.n_layer) if own_cache]
-        if self.slow_runtime is not None:
+        if self.slow_runtime is not None:  # it keeps its own cache
+            self._slow_caches = []
             self.slow_runtime.allocate(num_slots, max_seq_len)
+        else:
+            self._slow_caches = [SlotKVCache(slow_shape, dtype, device) for _ in range(c.n_layer)]
         self._fast_caches = [FastKVCache(fast_shape, dtype, device) for _ in self.fast_layers]
         if self._fast_runtime is not None:
             self._fast_runtime.allocate(num_slots)
