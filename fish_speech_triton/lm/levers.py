@@ -139,18 +139,20 @@ def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast-transformer-runtime",
         choices=RUNTIMES,
         default="torch",
-        help="onnxruntime: the LM's fast transformer (8 of its 9 passes per frame) as onnxruntime graphs "
-        "with int4 weights and int8 activations, one thread per row: a ~10%% shorter step and ~25%% "
-        "less CPU for one stream, slower than PyTorch's batched kernels with many streams; needs "
+        help="the LM's fast transformer (8 of its 9 passes per frame) as onnxruntime graphs with int4 "
+        "weights and int8 activations. onnxruntime: one thread per row, for one or few streams (~25%% "
+        "less CPU per step; slower than PyTorch's batched kernels with many streams); "
+        "onnxruntime-batched: a step's rows in one run on every thread, for many streams. Needs "
         "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
     )
     parser.add_argument(
         "--slow-transformer-runtime",
         choices=RUNTIMES,
         default="torch",
-        help="onnxruntime: the LM's slow transformer as one onnxruntime graph with int4 weights and int8 "
-        "activations and its own float32 KV cache; decoding runs on one core (~12 ms instead of ~18 on "
-        "two), prompts on all; for one or few streams (a row per thread, no batched matmuls); needs "
+        help="the LM's slow transformer on onnxruntime with int4 weights and int8 activations. "
+        "onnxruntime: one graph per row with its own float32 KV cache, a decode step's slow pass on one "
+        "core (~12 ms instead of ~18 on two), for one or few streams; onnxruntime-batched: the blocks' "
+        "matmuls over a step's rows together, attention in PyTorch, for many streams. Needs "
         "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
     )
 
