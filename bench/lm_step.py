@@ -26,7 +26,7 @@ from bench.lm_speed import ensure_checkpoint
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import RUNTIMES, LmLevers
 from fish_speech_triton.lm.model import DualARTransformer
-from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
+from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread, step_threads
 
 
 def levers_for(runtime: str) -> LmLevers:
@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_index in range(1, args.rounds + 1):
             for rows in args.rows:
                 for runtime, model in models.items():
+                    torch.set_num_threads(step_threads(model, threads))  # as the engine runs it
                     slow, fast = step_times(model, rows, position, args.steps)
                     print(
                         f"| {round_index} | {runtime} | {rows} | {slow * 1e3:.1f} | {fast * 1e3:.1f} | "

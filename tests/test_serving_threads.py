@@ -7,9 +7,11 @@ import threading
 import pytest
 import torch
 
+from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.serving.engine import CollectingSink, GenerationRequest, SemanticEngine
-from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
+from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread, step_threads
 
 
 @pytest.fixture
@@ -65,3 +67,33 @@ def test_engine_decodes_with_its_own_thread_count(lm_small, restore_threads):
     finally:
         engine.stop()
     assert sink.seen == {2} and torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(
+    "fast, slow, expected",
+    [
+        ("onnxruntime", "onnxruntime", 1),
+        ("onnxruntime-batched", "onnxruntime-batched", 1),
+        ("onnxruntime", "torch", 2),  # PyTorch still runs the slow blocks: it keeps every thread
+        ("torch", "onnxruntime-batched", 2),
+    ],
+)
+def test_engine_leaves_pytorch_one_thread_when_onnxruntime_runs_every_block(
+    lm_small_checkpoint, restore_threads, fast, slow, expected
+):
+    def load():
+        model, tokenizer = load_lm(lm_small_checkpoint)
+        LmLevers("int4", True, fast, slow).apply(model, tokenizer)
+        return model, tokenizer
+
+    keep_main_thread_serial()
+    model, tokenizer = run_on_worker_thread(load, 2)
+    assert step_threads(model, 2) == expected
+    engine = SemanticEngine(model, tokenizer, num_slots=1, threads=2)
+    try:
+        sink = ThreadCountSink()
+        engine.submit(GenerationRequest(text="Hello.", params=SamplingParams(max_new_tokens=4), seed=0), sink)
+        assert sink.result().shape[1] > 0
+    finally:
+        engine.stop()
+    assert sink.seen == {expected}

@@ -479,6 +479,12 @@ class DualARTransformer(nn.Module):
 
     # ------------------------------------------------------------------ fast transformer
 
+    @property
+    def blocks_on_runtimes(self) -> bool:
+        """Whether every transformer block runs on an attached runtime (onnxruntime), none in PyTorch."""
+        slow = self.slow_runtime is not None or self.slow_blocks is not None
+        return slow and self._fast_runtime is not None
+
     def use_fast_runtime(self, runtime: FastRuntime) -> None:
         """Run the fast transformer's positions on `runtime` from now on (call `setup_caches` afterwards).
 

@@ -36,6 +36,7 @@ from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.prompt import PromptBuilder, Reference
 from fish_speech_triton.lm.static_decode import StaticDecoder
 from fish_speech_triton.lm.tokenizer import FishTokenizer
+from fish_speech_triton.serving.threads import step_threads
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ class SemanticEngine:
         """`on_load(pending, active)` is called from the scheduler thread whenever either count changes.
 
         `threads`: intra-op threads of the scheduler thread, which runs every prefill and decode step
-        (0: whatever PyTorch uses when it starts). Keep the constructing thread serial (serving.threads).
+        (0: whatever PyTorch uses when it starts); one when onnxruntime runs every transformer block
+        (`serving.threads.step_threads`). Keep the constructing thread serial (serving.threads).
 
         `fast_decode`: each decode step, sampling included, runs over all slots with fixed shapes and, on a
         GPU, replays as one CUDA graph (lm.static_decode). Greedy decoding is unchanged; sampling draws its
@@ -212,8 +214,8 @@ class SemanticEngine:
     # ------------------------------------------------------------------ scheduler
 
     def _run(self) -> None:
-        if self._threads > 0:
-            torch.set_num_threads(self._threads)
+        threads = step_threads(self.model, self._threads or torch.get_num_threads())
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             while True:
                 try:
