@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from export.codec_int8 import (
     MIN_SNR_DB,
+    fuse_silu,
     quantize_decoder,
     snr_db,
     speech_codes,
@@ -58,7 +61,41 @@ def test_int8_graph_keeps_the_contract_and_quantizes_every_convolution(int8_smal
         i for i in int8_graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1
     ]
     assert len(int8_weights) == convolutions
-    assert {node.domain for node in int8_graph.node} <= {"", "ai.onnx"}  # standard ops only
+    # Standard ops, but each SiLU (x * sigmoid(x)) as one onnxruntime QuickGelu (`fuse_silu`)
+    silus = sum(node.op_type == "Sigmoid" for node in float_graph.node)
+    assert silus > 0 and "Sigmoid" not in ops and ops.count("QuickGelu") == silus
+    assert {node.domain for node in int8_graph.node} <= {"", "ai.onnx", "com.microsoft"}
+
+
+def test_fuse_silu_replaces_only_a_sigmoid_that_gates_its_own_input():
+    def tensor(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3])
+
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["sx"]),
+        helper.make_node("Mul", ["sx", "x"], ["silu"]),  # operands either way round
+        helper.make_node("Sigmoid", ["y"], ["sy"]),
+        helper.make_node("Mul", ["y", "sy"], ["gated"]),
+        helper.make_node("Add", ["gated", "sy"], ["kept"]),  # sy is read twice: not fused
+        helper.make_node("Sigmoid", ["x"], ["sx2"]),
+        helper.make_node("Mul", ["y", "sx2"], ["other"]),  # gates another tensor: not a SiLU
+    ]
+    outputs = [tensor(name) for name in ("silu", "kept", "other")]
+    graph = helper.make_graph(nodes, "g", [tensor("x"), tensor("y")], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.linspace(-4, 4, 6, dtype=np.float32).reshape(2, 3), "y": np.ones((2, 3), np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds
+        )
+
+    expected = run(model)
+    assert fuse_silu(model) == 1
+    assert [n.op_type for n in model.graph.node].count("QuickGelu") == 1
+    assert [n.op_type for n in model.graph.node].count("Sigmoid") == 2
+    for got, want in zip(run(model), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_int8_audio_is_close_to_float_and_streams_exactly(int8_small, codec_small, codec_small_onnx):
