@@ -3,8 +3,9 @@
 The decoder's time is ~90 % convolutions (the HiFi-GAN generator at up to 44.1 kHz). Quantized statically
 to int8 (weights per output channel, activations per tensor with scales calibrated once at export), they
 run on onnxruntime's int8 kernels (AVX512-VNNI / AVX-VNNI), 2.0-2.4x faster than float32 on the project's CPU.
-The graph is a QDQ graph (QuantizeLinear / DequantizeLinear around each Conv and ConvTranspose, each SiLU one
-onnxruntime QuickGelu node), with the float decoder's inputs and outputs, so the serving code runs it unchanged.
+The graph is a QDQ graph (QuantizeLinear / DequantizeLinear around each Conv, the upsampling ones included;
+each SiLU one onnxruntime QuickGelu node), with the float decoder's inputs and outputs, so the serving code
+runs it unchanged.
 
 It changes the audio: activations are rounded to 256 levels per tensor, a fixed noise floor that is
 loudest relative to quiet passages. `verify_int8` measures the signal-to-noise ratio against the float

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import NAMED_CONFIGS, load_codec_config
+from fish_speech_triton.codec.layers import with_polyphase_upsampling
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.tools.cli import run_cli
@@ -122,9 +123,14 @@ def export_encoder(codec: FireflyCodec, path: str | Path, opset: int = DEFAULT_O
 def export_decoder(
     codec: FireflyCodec, path: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False
 ) -> Path:
-    """Write the decoder graph; with `fp16`, weights and arithmetic in float16 (inputs and output keep their types)."""
+    """Write the decoder graph; with `fp16`, weights and arithmetic in float16 (inputs and output keep their types).
+
+    Its upsampling transposed convolutions are written as ordinary convolutions (`PolyphaseTransConv`: the
+    same function), which onnxruntime runs faster and quantizes to int8 (it has no int8 ConvTranspose).
+    """
+    codec = with_polyphase_upsampling(codec)
     if fp16:
-        codec = copy.deepcopy(codec).half()
+        codec = codec.half()
     device = _device(codec)
     codes = torch.randint(0, codec.codebook_size, (1, codec.num_groups, 6), dtype=torch.int32, device=device)
     context = torch.tensor([2], dtype=torch.int64, device=device)

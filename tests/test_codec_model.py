@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fish_speech_triton.audio import synthetic_speech
+from fish_speech_triton.codec.layers import CausalTransConv, PolyphaseTransConv, with_polyphase_upsampling
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import InputError
 
@@ -129,3 +130,21 @@ def test_codes_the_encoder_never_makes_still_decode_like_the_wrapped_index(codec
     low = torch.full((1, 8, 4), 7)  # same digits except the top one, which wraps from 5 to 0
     with torch.inference_mode():
         torch.testing.assert_close(codec_small.decode(high), codec_small.decode(low))
+
+
+@pytest.mark.parametrize("kernel, stride", [(16, 8), (4, 2), (2, 2), (5, 2)])
+def test_polyphase_upsampling_is_the_same_function(kernel: int, stride: int) -> None:
+    torch.manual_seed(0)
+    up = CausalTransConv(6, 3, kernel, stride)
+    x = torch.randn(2, 6, 11)
+    polyphase = PolyphaseTransConv(up)
+    assert not any(isinstance(m, torch.nn.ConvTranspose1d) for m in polyphase.modules())
+    torch.testing.assert_close(polyphase(x), up(x), rtol=0, atol=1e-6)
+
+
+def test_the_decoder_with_polyphase_upsampling_decodes_the_same(codec_small: FireflyCodec) -> None:
+    codes = codec_small.encode(_audio(44100))[0]
+    copy = with_polyphase_upsampling(codec_small)
+    assert not any(isinstance(m, CausalTransConv) for m in copy.modules())
+    assert any(isinstance(m, CausalTransConv) for m in codec_small.modules())  # the original is untouched
+    torch.testing.assert_close(copy.decode(codes), codec_small.decode(codes), rtol=0, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +49,49 @@ class CausalTransConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         return x[..., : -self.trim] if self.trim else x
+
+
+class PolyphaseTransConv(nn.Module):
+    """A `CausalTransConv` computed as an ordinary causal Conv1d over its input, then interleaved (export only).
+
+    Output sample `q * stride + r` sums `x[q - j] * w[:, :, j * stride + r]` over the taps j: one Conv1d with
+    `ceil(k / stride)` taps and `stride * out_channels` outputs (phase r, channel c at `r * out + c`), whose
+    phases are then interleaved in time. Same function (float rounding aside); convolution kernels, int8
+    ones included, run it, where a ConvTranspose has no int8 kernel in onnxruntime.
+    """
+
+    def __init__(self, source: CausalTransConv) -> None:
+        super().__init__()
+        weight = source.conv.weight.detach()  # [in, out, k]
+        in_channels, out_channels, kernel = weight.shape
+        stride = source.conv.stride[0]
+        taps = -(-kernel // stride)
+        phases = F.pad(weight, (0, taps * stride - kernel)).view(in_channels, out_channels, taps, stride)
+        self.conv = nn.Conv1d(in_channels, stride * out_channels, taps)
+        # conv weight [r * out + c, in, taps - 1 - j] = w[in, c, j * stride + r]
+        self.conv.weight.data = (
+            phases.permute(3, 1, 0, 2).flip(-1).reshape(stride * out_channels, in_channels, taps)
+        )
+        bias = source.conv.bias
+        self.conv.bias.data = (
+            torch.zeros(out_channels, dtype=weight.dtype) if bias is None else bias.detach()
+        ).repeat(stride)
+        self.conv.to(weight.device)
+        self.stride, self.taps = stride, taps
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.conv(F.pad(x, (self.taps - 1, 0)))  # [B, stride * out, L]
+        return z.unflatten(1, (self.stride, -1)).permute(0, 2, 3, 1).flatten(2)  # [B, out, L * stride]
+
+
+def with_polyphase_upsampling(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every `CausalTransConv` replaced by its `PolyphaseTransConv`."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        if isinstance(child, CausalTransConv):
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent), attr, PolyphaseTransConv(child))
+    return module
 
 
 class LayerNormChannelsFirst(nn.Module):
