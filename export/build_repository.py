@@ -52,6 +52,7 @@ class RepositoryOptions:
     lm_instances: int = 1
     codec_instances: int = 1
     codec_threads: int = 0
+    encoder_threads: int = 0
     torch_threads: int = 0
     first_chunk_frames: int = 8
     stream_chunk_frames: int = 32
@@ -70,7 +71,7 @@ class RepositoryOptions:
         for name in POSITIVE_OPTIONS:
             if getattr(self, name) < 1:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("torch_threads", "codec_threads"):
+        for name in ("torch_threads", "codec_threads", "encoder_threads"):
             if getattr(self, name) < 0:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be 0 (all cores) or more")
         _ = self.levers  # known values that go together, or InputError
@@ -116,6 +117,7 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
         "lm_instances": str(opts.lm_instances),
         "codec_device": "cuda" if gpu else "cpu",
         "codec_threads": str(opts.codec_threads),
+        "encoder_threads": str(opts.encoder_threads),
         "decoder_onnx_file": decoder_onnx_file(opts),
         "checkpoint_dir": str(opts.llama_checkpoint.resolve()),
         "device": opts.device,
@@ -212,8 +214,16 @@ def add_process_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
         "--codec-threads",
         type=int,
         default=0,
-        help="each codec instance's onnxruntime threads (0: all cores; on a small CPU machine serving many "
-        "streams, 1 thread per instance and --codec-instances 2 spend less CPU per audio second)",
+        help="each vqgan_decoder instance's onnxruntime threads (0: all cores; on a small CPU machine, 1 "
+        "thread leaves the LM its core, and for many streams 1 thread per instance with --codec-instances 2 "
+        "spends less CPU per audio second)",
+    )
+    parser.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=0,
+        help="each vqgan_encoder instance's onnxruntime threads (0: all cores: a new reference voice is "
+        "encoded on the way to the first audio)",
     )
     parser.add_argument("--codec-instances", type=int, default=1, help="instances of each codec model")
     parser.add_argument(
@@ -292,6 +302,7 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         lm_instances=args.lm_instances,
         codec_instances=args.codec_instances,
         codec_threads=args.codec_threads,
+        encoder_threads=args.encoder_threads,
         torch_threads=args.torch_threads,
         first_chunk_frames=args.first_chunk_frames,
         stream_chunk_frames=args.stream_chunk_frames,

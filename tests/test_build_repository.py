@@ -90,12 +90,21 @@ def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
 
 
 def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
-    configs = configs_for(
-        tmp_path, triton_checkpoint, "--torch-threads", "1", "--codec-threads", "1", "--codec-instances", "2"
+    flags = (
+        "--torch-threads",
+        "1",
+        "--codec-threads",
+        "1",
+        "--encoder-threads",
+        "2",
+        "--codec-instances",
+        "2",
     )
+    configs = configs_for(tmp_path, triton_checkpoint, *flags)
     assert parameter(configs["llama_semantic"], "torch_threads") == "1"
+    assert parameter(configs["vqgan_decoder"], "intra_op_threads") == "1"
+    assert parameter(configs["vqgan_encoder"], "intra_op_threads") == "2"  # on the way to the first audio
     for codec in ("vqgan_encoder", "vqgan_decoder"):
-        assert parameter(configs[codec], "intra_op_threads") == "1"
         assert "count: 2" in configs[codec]
 
 
@@ -104,6 +113,7 @@ def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
     [
         ({"stream_chunk_frames": 0}, "--stream-chunk-frames must be at least 1"),
         ({"codec_threads": -1}, "--codec-threads must be 0 \\(all cores\\) or more"),
+        ({"encoder_threads": -1}, "--encoder-threads must be 0 \\(all cores\\) or more"),
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
         ({"device": "cuda", "weight_quantization": "int4"}, "CPU only"),
         ({"fast_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
