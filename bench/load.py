@@ -259,8 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         **asdict(plan),
         "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
         f"{levers_from_args(args).describe()}, torch_threads {args.torch_threads}, codec_threads "
-        f"{args.codec_threads}, encoder_threads {args.encoder_threads}, codec_instances {args.codec_instances}, codec {args.codec_precision}, "
-        f"stream_chunk_frames {args.stream_chunk_frames}, other options default"
+        f"{args.codec_threads}, encoder_threads {args.encoder_threads}, codec_instances "
+        f"{args.codec_instances}, codec {args.codec_precision}, stream_chunk_frames "
+        f"{args.stream_chunk_frames}, other options default"
         if args.start_server
         else args.url,
         "baseline_precision": args.precision,

@@ -19,6 +19,7 @@ ranges are those of the checkpoint being exported.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,24 +65,20 @@ def fuse_silu(model: onnx.ModelProto) -> int:
     instead of two. One node consumes `x` once.
     """
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    producer = {output: i for i, node in enumerate(graph.node) for output in node.output}  # -> node index
+    consumers = Counter(name for node in graph.node for name in node.input)
     fused: dict[int, onnx.NodeProto] = {}  # index of the Mul -> its replacement
-    dropped: set[int] = set()
-    index_of = {id(node): i for i, node in enumerate(graph.node)}
+    dropped: set[int] = set()  # indices of the Sigmoids folded into them
     for i, node in enumerate(graph.node):
         if node.op_type != "Mul" or node.domain not in ("", "ai.onnx"):
             continue
         for x, gate in (node.input, node.input[::-1]):
-            sigmoid = producers.get(gate)
+            sigmoid = producer.get(gate)
             if (
                 sigmoid is not None
-                and sigmoid.op_type == "Sigmoid"
-                and sigmoid.input[0] == x
-                and consumers.get(gate) == 1
+                and graph.node[sigmoid].op_type == "Sigmoid"
+                and graph.node[sigmoid].input[0] == x
+                and consumers[gate] == 1
             ):
                 fused[i] = onnx.helper.make_node(
                     "QuickGelu",
@@ -91,7 +88,7 @@ def fuse_silu(model: onnx.ModelProto) -> int:
                     domain="com.microsoft",
                     alpha=1.0,
                 )
-                dropped.add(index_of[id(sigmoid)])
+                dropped.add(sigmoid)
                 break
     nodes = [fused.get(i, node) for i, node in enumerate(graph.node) if i not in dropped]
     del graph.node[:]

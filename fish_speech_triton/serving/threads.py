@@ -43,8 +43,8 @@ def step_threads(model: DualARTransformer, threads: int) -> int:
     With every transformer block on onnxruntime (its sessions keep their own `threads`), PyTorch is left
     small ops (embeddings, the token head, sampling, the batched form's attention): one thread. Its OpenMP
     workers would otherwise wake between onnxruntime's runs and take the cores from its threads. Measured
-    on 2 cores, engine, both transformers on onnxruntime, 64 frames per request: 8 streams 58-62 -> 74-76
-    frames/s (batched form), 37-40 -> 50 (per-row form); one stream 23-26 -> 26-27 (per-row form).
+    on 2 cores, engine, both transformers on onnxruntime, 64 frames per request: 8 streams 58-62 -> 72-76
+    frames/s (batched form), 37-40 -> 47-50 (per-row form); one stream 23-26 -> 26-27 (per-row form).
     """
     return 1 if model.blocks_on_runtimes else threads
 
