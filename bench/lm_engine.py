@@ -172,7 +172,9 @@ def check_parity(device: str, fast_decode: bool, levers: LmLevers) -> None:
             ).codes.numpy()
             for t in texts
         ]
-        engine = SemanticEngine(model, tokenizer, num_slots=4, fast_decode=fast_decode)
+        engine = SemanticEngine(
+            model, tokenizer, num_slots=4, fast_decode=fast_decode, compile_decode=compile_decode
+        )
         try:
             got = generate_codes(engine, [GenerationRequest(text=t, params=greedy, seed=1) for t in texts])
             sampled = SamplingParams(max_new_tokens=30)
@@ -188,7 +190,8 @@ def check_parity(device: str, fast_decode: bool, levers: LmLevers) -> None:
         same = sum(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
         same_sampled = sum(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
         print(
-            f"parity (small checkpoint, fp32, fast_decode={fast_decode}, {levers.describe()}): greedy "
+            f"parity (small checkpoint, fp32, fast_decode={fast_decode}, compile_decode={compile_decode}, "
+            f"{levers.describe()}): greedy "
             f"{same}/{len(texts)} requests "
             f"equal the faithful loop; seeded sampling {same_sampled}/4 equal alone and batched",
             flush=True,
@@ -208,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fast-decode", action="store_true", help="engine's static all-slots step (a CUDA graph on a GPU)"
     )
+    parser.add_argument(
+        "--compile-decode",
+        action="store_true",
+        help="with --fast-decode: torch.compile the step before it is captured (fuses its small kernels; "
+        "seeded sampling then depends on the slot on a GPU, so --check's second test fails there)",
+    )
     parser.add_argument("--check", action="store_true", help="greedy parity of the fast path first")
     parser.add_argument(
         "--pipeline",
@@ -220,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Compute runs on worker threads (the baseline's ends before the engine's starts): serving.threads.
     threads = keep_main_thread_serial(args.threads)
     if args.check:
-        run_on_worker_thread(lambda: check_parity(args.device, args.fast_decode, levers), threads)
+        run_on_worker_thread(
+            lambda: check_parity(args.device, args.fast_decode, levers, args.compile_decode), threads
+        )
     checkpoint = ensure_checkpoint(args.checkpoint_dir)
     print(
         f"DualAR full size, random weights, {args.device}, {args.precision}, {threads} threads, "
@@ -239,10 +250,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{base / FRAMES_PER_SECOND:.2f} audio s per wall s",
         flush=True,
     )
-    print(f"engine: {levers.describe()}, fast_decode={args.fast_decode}", flush=True)
-    engine = SemanticEngine(
-        model, tokenizer, num_slots=max(args.concurrency), fast_decode=args.fast_decode, threads=threads
+    print(
+        f"engine: {levers.describe()}, fast_decode={args.fast_decode}, compile_decode={args.compile_decode}",
+        flush=True,
     )
+    started = time.perf_counter()
+    engine = SemanticEngine(
+        model,
+        tokenizer,
+        num_slots=max(args.concurrency),
+        fast_decode=args.fast_decode,
+        compile_decode=args.compile_decode,
+        threads=threads,
+    )
+    print(f"engine ready in {time.perf_counter() - started:.1f} s", flush=True)
     try:
         engine_run(engine, 1, 4, args.device)  # warm-up
         print("| concurrency | per stream frames/s | aggregate frames/s | audio s / wall s | vs baseline |")

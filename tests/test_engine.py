@@ -158,6 +158,12 @@ def test_fast_decode_keeps_greedy_parity_with_the_faithful_loop(fast_engine, lm_
     assert_engine_matches_faithful_loop(fast_engine, lm_small, requests)
 
 
+def test_compiled_decode_needs_fast_decode(lm_small):
+    model, tokenizer = lm_small
+    with pytest.raises(InputError, match="needs fast_decode"):
+        SemanticEngine(model, tokenizer, num_slots=2, compile_decode=True)
+
+
 def test_fast_decode_sampling_is_seeded_and_independent_of_the_batch(fast_engine):
     params = SamplingParams(max_new_tokens=20, top_p=0.9, temperature=1.0)
     alone = [

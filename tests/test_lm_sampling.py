@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from fish_speech_triton.lm.generation import SamplingParams, prefill
-from fish_speech_triton.lm.sampling import penalise_repetitions, sample, top_p_filter
+from fish_speech_triton.lm.sampling import (
+    column_keys,
+    hashed_exponential,
+    penalise_repetitions,
+    sample,
+    sample_hashed,
+    top_p_filter,
+)
 
 
 def _row(*values: float) -> torch.Tensor:
@@ -79,3 +88,31 @@ def test_random_numbers_are_drawn_token_first_then_codebooks_1_to_7(lm_small):
     for _ in range(model.config.num_codebooks - 1):
         torch.empty(model.config.codebook_size).exponential_(1, generator=expected)
     assert torch.equal(generator.get_state(), expected.get_state())
+
+
+def test_hashed_noise_depends_on_seed_counter_and_column_only():
+    columns = column_keys(64)
+    both = hashed_exponential(torch.tensor([3, 4]), torch.tensor([10, 10]), columns)
+    alone = hashed_exponential(torch.tensor([4]), torch.tensor([10]), columns)
+    torch.testing.assert_close(both[1:], alone, rtol=0, atol=0)
+    assert not torch.equal(both[0], both[1]) and bool((both > 0).all())
+    narrower = hashed_exponential(torch.tensor([3]), torch.tensor([10]), columns[:40])
+    torch.testing.assert_close(narrower, both[:1, :40], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor's CPU code needs a C++ compiler")
+def test_compiled_hashed_sampling_draws_the_eager_ids():
+    # torch.compile folded the 64-bit column hash into an index expression that overflowed (Triton refused
+    # it, inductor's CPU code crashed); the keys now come from a tensor made outside the compiled code.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 1025, generator=generator)
+    window = torch.randint(0, 1025, (4, 16), generator=generator)
+    top_p = torch.tensor([0.7, 0.9, 1.0, 0.5])
+    temperature = torch.tensor([0.7, 1.0, 0.5, 0.9])
+    penalty = torch.tensor([1.2, 1.0, 1.5, 1.1])
+    seeds, counters = torch.tensor([1, 2, 3, 2**40]), torch.tensor([0, 9, 99, 12345])
+    columns = column_keys(2048)
+    args = (logits, window, top_p, temperature, penalty, seeds, counters, columns)
+    eager = sample_hashed(*args)
+    compiled = torch.compile(sample_hashed, dynamic=False)(*args)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

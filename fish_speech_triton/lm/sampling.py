@@ -75,16 +75,27 @@ def _mix(x: Tensor) -> Tensor:
     return x ^ ((x >> 31) & (_MASK_63 >> 30))
 
 
-def hashed_exponential(seeds: Tensor, counters: Tensor, vocab: int) -> Tensor:
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 (2^64 / golden ratio) as a signed int64
+
+
+def column_keys(width: int, device: torch.device | str | None = None) -> Tensor:
+    """The per-column hash inputs of `hashed_exponential` for up to `width` columns, `[width]` int64.
+
+    Made once, outside any compiled code: `torch.compile` turns an in-kernel `arange * constant` into an
+    index expression, and Triton (PyTorch 2.11) refuses the 64-bit constant there.
+    """
+    return torch.arange(width, device=device, dtype=torch.long) * _GOLDEN
+
+
+def hashed_exponential(seeds: Tensor, counters: Tensor, columns: Tensor) -> Tensor:
     """Exp(1) noise `[B, V]` that depends only on each row's (seed, counter) and the column.
 
     A counter-based generator: no generator state, one set of kernels for the whole batch, and nothing
     that stops it from being captured in a CUDA graph. Rows stay independent of the batch they are in.
+    `columns`: `column_keys(V)`.
     """
-    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 (2^64 / golden ratio) as a signed int64
-    key = _mix(seeds * golden + counters)
-    column = torch.arange(vocab, device=seeds.device, dtype=torch.long)
-    bits = _mix(key[:, None] + column[None, :] * golden)
+    key = _mix(seeds * _GOLDEN + counters)
+    bits = _mix(key[:, None] + columns[None, :])
     uniform = (((bits >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)  # 24 bits in (0, 1)
     return -torch.log(uniform)
 
@@ -97,11 +108,14 @@ def sample_hashed(
     repetition_penalty: Tensor,
     seeds: Tensor,
     counters: Tensor,
+    columns: Tensor,
 ) -> Tensor:
     """`sample` with counter-based noise (`hashed_exponential`) instead of per-row torch generators.
 
     Same distribution, other random stream: the fast serving path uses it so that a whole decode step,
     sampling included, can replay as one CUDA graph. Greedy decoding (one candidate left) is unaffected.
+    `columns`: `column_keys(W)` for any W of at least the logits' width.
     """
     probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
-    return torch.argmax(probs / hashed_exponential(seeds, counters, logits.shape[1]), dim=-1)
+    noise = hashed_exponential(seeds, counters, columns[: logits.shape[1]])
+    return torch.argmax(probs / noise, dim=-1)

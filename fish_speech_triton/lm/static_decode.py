@@ -23,13 +23,16 @@ from torch import Tensor
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import WINDOW_SIZE, SamplingParams
 from fish_speech_triton.lm.model import DualARTransformer
-from fish_speech_triton.lm.sampling import sample_hashed
+from fish_speech_triton.lm.sampling import column_keys, sample_hashed
 
 
 class StaticDecoder:
     """Slot-indexed decode state plus the all-slots step. Build it after `model.setup_caches`."""
 
-    def __init__(self, model: DualARTransformer, warmup: int = 2) -> None:
+    def __init__(self, model: DualARTransformer, warmup: int = 2, compile: bool = False) -> None:
+        """`compile`: the step goes through `torch.compile` (inductor) first, which fuses its thousands of
+        small element-wise kernels into a few hundred; on a GPU the compiled step is then captured as the
+        CUDA graph. Compiling takes a while (the warm-up steps trigger it); meant for GPUs."""
         if not model.num_slots:
             raise RuntimeError("call model.setup_caches() before building the static decoder")
         if model.slow_runtime is not None:
@@ -54,7 +57,9 @@ class StaticDecoder:
         self.temperature = zeros(slots, dtype=torch.float32)
         self.repetition_penalty = zeros(slots, dtype=torch.float32)
         self._window_offsets = torch.arange(WINDOW_SIZE, device=device)
+        self._columns = column_keys(max(c.vocab_size + 1, c.codebook_size), device)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._compute = torch.compile(self._step, dynamic=False) if compile else self._step
         if device.type == "cuda":
             self._capture(warmup)
 
@@ -64,11 +69,11 @@ class StaticDecoder:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(warmup):
-                    self._step()
+                    self._compute()
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
-                self._output = self._step()
+                self._output = self._compute()
             self.history.zero_()
 
     def begin(self, slot: int, frame: Tensor, position: int, seed: int, params: SamplingParams) -> None:
@@ -85,7 +90,7 @@ class StaticDecoder:
     def step(self) -> Tensor:
         """Advance every slot by one frame; returns the new frames `[num_slots, 1 + K]` (a device tensor)."""
         if self._graph is None:
-            return self._step()
+            return self._compute()
         self._graph.replay()
         return self._output
 
@@ -99,14 +104,18 @@ class StaticDecoder:
 
         logits, hidden = model.forward_slow_all_slots(self.frames[:, :, None], self.positions)
         token = model.token_of(
-            sample_hashed(logits, model.token_window(windows[:, 0]), *params, self.seeds, counters)
+            sample_hashed(
+                logits, model.token_window(windows[:, 0]), *params, self.seeds, counters, self._columns
+            )
         )
         model.forward_fast(hidden, 0)
         codebook = (token - model.semantic_begin_id).clamp(0, c.codebook_size - 1)
         frame = [token, codebook]
         for k in range(1, c.num_codebooks):
             fast_logits = model.forward_fast(model.embed_fast(codebook), k)
-            codebook = sample_hashed(fast_logits, windows[:, k + 1], *params, self.seeds, counters + k)
+            codebook = sample_hashed(
+                fast_logits, windows[:, k + 1], *params, self.seeds, counters + k, self._columns
+            )
             frame.append(codebook)
         new = torch.stack(frame, dim=1)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import (
     BatchSamplingParams,
     RepetitionWindow,
@@ -143,6 +144,7 @@ class SemanticEngine:
         max_seq_len: int | None = None,
         on_load: Callable[[int, int], None] | None = None,
         fast_decode: bool = False,
+        compile_decode: bool = False,
         threads: int = 0,
     ) -> None:
         """`on_load(pending, active)` is called from the scheduler thread whenever either count changes.
@@ -155,6 +157,11 @@ class SemanticEngine:
         GPU, replays as one CUDA graph (lm.static_decode). Greedy decoding is unchanged; sampling draws its
         noise from each request's seed and step instead of a torch generator (same distribution, another
         random stream).
+
+        `compile_decode` (with `fast_decode`; a benchmark option): that step goes through `torch.compile`
+        before it is captured, fusing its small kernels; compiling takes about a minute when the engine
+        starts. Greedy codes are unchanged, but on a GPU seeded sampling then depends on the slot a request
+        lands in (odd slots round differently, seen on an H200), so the Triton model does not offer it.
         """
         self.model = model
         self.tokenizer = tokenizer
@@ -164,8 +171,10 @@ class SemanticEngine:
         self.stream_chunk_frames = stream_chunk_frames
         self.prefix_cache_size = prefix_cache_size
         self._prefixes: collections.OrderedDict[str, list[Tensor]] = collections.OrderedDict()
+        if compile_decode and not fast_decode:
+            raise InputError("compile_decode compiles the fast_decode step: it needs fast_decode")
         model.setup_caches(num_slots, max_seq_len)
-        self._static = StaticDecoder(model) if fast_decode else None
+        self._static = StaticDecoder(model, compile=compile_decode) if fast_decode else None
         self.num_slots = num_slots
         self._free = list(range(num_slots - 1, -1, -1))
         self._active: dict[int, _Sequence] = {}
