@@ -13,8 +13,10 @@ One graph, any number of new positions T after L cached ones, for one row:
     outputs  hidden [1, dim] (the last position, before the final norm), then k{l} / v{l}
              [T, n_local_heads, head_dim] (rotated keys and values of the new positions)
 
-The runtime keeps the KV cache itself (float32, `[slots, positions, n_local_heads, head_dim]` per layer, so
-a row's first L positions are one contiguous block that onnxruntime reads in place). Decoding runs on one
+The runtime keeps the KV cache itself (float32, `[slots, n_local_heads, positions, head_dim]` per layer). A
+decoded position runs the `decode` form of the graph, which reads each head's first L positions in place (one
+contiguous block) and attends over them and the new position without concatenating them: copying the past
+of every layer each step cost 2.4 ms of a ~32 ms step at 700 positions. Decoding runs on one
 thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread. Each row is its own
 run (a batch's rows side by side on `RowRunner`'s threads), so a row's numbers never depend on its batch. The final norm and the token head
 stay in PyTorch. With `accuracy_level=0` (float activations) the graph reproduces the PyTorch blocks on the
@@ -42,43 +44,93 @@ from fish_speech_triton.lm.model import (
 from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session, pad_rows
 
 
-def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> bytes:
-    """The serialized ONNX model of the slow transformer's blocks (see the module docstring)."""
+def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, decode: bool = False) -> bytes:
+    """The serialized ONNX model of the slow transformer's blocks (see the module docstring).
+
+    `decode`: the form for one new position, which reads each KV head's past keys and values in place
+    (`past_k{l}_{h}` / `past_v{l}_{h}` `[L, head_dim]`: rows of the runtime's head-major cache) and
+    attends over the past and the new position separately, one softmax over both; no mask input. The other
+    form takes any number of new positions, the past as `[L, n_local_heads, head_dim]` and the mask.
+    """
     c = model.config
     heads, kv_heads, head_dim = c.n_head, c.n_local_heads, c.head_dim
     group = heads // kv_heads
     rotated = heads + kv_heads  # q and k heads, rotated together
     g = GraphBuilder(accuracy_level)
-    scale = g.floats(head_dim**-0.5)
+    scale = head_dim**-0.5
     tensor = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("x", tensor, ["new", c.dim]),
         helper.make_tensor_value_info("cos", tensor, ["new", 1, head_dim // 2, 1]),
         helper.make_tensor_value_info("sin", tensor, ["new", 1, head_dim // 2, 1]),
-        helper.make_tensor_value_info("mask", tensor, ["new", "keys"]),
     ]
+    if not decode:
+        inputs.append(helper.make_tensor_value_info("mask", tensor, ["new", "keys"]))
     cache_outputs = []
     x = "x"
     for index, block in enumerate(model.layers):
         qk, v_flat = g.attention_input(x, block, "cos", "sin")
-        # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
-        q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
-        q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
         k = g.node("Identity", [g.slice(qk, heads, rotated, 1)], name=f"k{index}")  # [T, KV, D]
         v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, head_dim)], name=f"v{index}")
         cache_outputs += [k, v]
-        past = [f"past_k{index}", f"past_v{index}"]
-        inputs += [helper.make_tensor_value_info(name, tensor, ["past", kv_heads, head_dim]) for name in past]
-        keys = g.node("Transpose", [g.node("Concat", [past[0], k], axis=0)], perm=[1, 2, 0])  # [KV, D, K]
-        values = g.node("Transpose", [g.node("Concat", [past[1], v], axis=0)], perm=[1, 0, 2])  # [KV, K, D]
+        if decode:
+            past = [(f"past_k{index}_{h}", f"past_v{index}_{h}") for h in range(kv_heads)]
+            inputs += [
+                helper.make_tensor_value_info(name, tensor, ["past", head_dim])
+                for pair in past
+                for name in pair
+            ]
+            q = g.reshape(g.slice(qk, 0, heads, 1), kv_heads, group, head_dim)  # one position: [KV, G, D]
+            attended = g.node(
+                "Concat",
+                [_decode_attention(g, q, k, v, h, past[h], scale) for h in range(kv_heads)],
+                axis=0,
+            )
+            x = g.block_output(x, g.reshape(attended, 1, heads * head_dim), block)
+            continue
+        # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
+        q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
+        q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
+        names = [f"past_k{index}", f"past_v{index}"]
+        inputs += [
+            helper.make_tensor_value_info(name, tensor, ["past", kv_heads, head_dim]) for name in names
+        ]
+        keys = g.node("Transpose", [g.node("Concat", [names[0], k], axis=0)], perm=[1, 2, 0])  # [KV, D, K]
+        values = g.node("Transpose", [g.node("Concat", [names[1], v], axis=0)], perm=[1, 0, 2])  # [KV, K, D]
         keys = g.reshape(keys, kv_heads, 1, head_dim, -1)
         values = g.reshape(values, kv_heads, 1, -1, head_dim)
-        scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), scale]), "mask"])  # [KV, G, T, K]
+        scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), g.floats(scale)]), "mask"])
         attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])  # [KV, G, T, D]
         attended = g.reshape(g.node("Transpose", [attended], perm=[2, 0, 1, 3]), -1, heads * head_dim)
         x = g.block_output(x, attended, block)
     hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
     return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
+
+
+def _decode_attention(
+    g: GraphBuilder, q: str, k: str, v: str, head: int, past: tuple[str, str], scale: float
+) -> str:
+    """KV head `head`'s query rows `[G, D]` (of q `[KV, G, D]`) over its past keys/values `[L, D]` (read in
+    place, no copy) and the new position's (k, v `[1, KV, D]`): softmax over [past scores, new score]."""
+    index = g.node("Squeeze", [g.ints(head)])  # a scalar index: Gather drops the axis
+    q_head = g.node("Gather", [q, index], axis=0)  # [G, D]
+    k_new = g.node("Gather", [k, index], axis=1)  # [1, D]
+    v_new = g.node("Gather", [v, index], axis=1)
+    scores = g.node(
+        "Concat",
+        [
+            g.node("Gemm", [q_head, past[0]], transB=1, alpha=scale),  # [G, L]
+            g.node("Gemm", [q_head, k_new], transB=1, alpha=scale),  # [G, 1]
+        ],
+        axis=1,
+    )
+    weights = g.node("Softmax", [scores], axis=-1)
+    past_weights = g.slice(weights, 0, -1, 1)
+    new_weights = g.slice(weights, -1, 2**62, 1)
+    return g.node(
+        "Add",
+        [g.node("MatMul", [past_weights, past[1]]), g.node("MatMul", [new_weights, v_new])],
+    )  # [G, D]
 
 
 def block_graphs(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8) -> list[bytes]:
@@ -121,21 +173,20 @@ class OnnxSlowTransformer:
             raise InputError("the onnxruntime slow transformer runs on CPU only")
         c = model.config
         threads = threads or torch.get_num_threads()
-        graph = slow_graph(model, accuracy_level)
-        self.decoder = cpu_session(graph, threads=1)
-        self.prefiller = cpu_session(graph, threads=threads)
+        self.decoder = cpu_session(slow_graph(model, accuracy_level, decode=True), threads=1)
+        self.prefiller = cpu_session(slow_graph(model, accuracy_level), threads=threads)
         self.rows = RowRunner(threads)
         rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
         self._cos = rotations.real.numpy()  # [max_seq_len, head_dim / 2]
         self._sin = rotations.imag.numpy()
         self._layers = c.n_layer
-        self._entry = (c.n_local_heads, c.head_dim)
-        self._k: list[np.ndarray] = []  # per layer: [slots, positions, n_local_heads, head_dim]
+        self._kv_heads, self._head_dim = c.n_local_heads, c.head_dim
+        self._k: list[np.ndarray] = []  # per layer: [slots, n_local_heads, positions, head_dim]
         self._v: list[np.ndarray] = []
 
     def allocate(self, num_slots: int, max_seq_len: int) -> None:
         """Room for `num_slots` rows of `max_seq_len` positions (called by `DualARTransformer.setup_caches`)."""
-        shape = (num_slots, max_seq_len, *self._entry)
+        shape = (num_slots, self._kv_heads, max_seq_len, self._head_dim)
         self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
         self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
 
@@ -163,24 +214,31 @@ class OnnxSlowTransformer:
                 "x": inputs[row],
                 "cos": self._cos[angles].reshape(length, 1, -1, 1),
                 "sin": self._sin[angles].reshape(length, 1, -1, 1),
-                "mask": causal_mask(start, length),
             }
-            for index in range(self._layers):
-                feed[f"past_k{index}"] = self._k[index][slot, :start]
-                feed[f"past_v{index}"] = self._v[index][slot, :start]
+            if length == 1:  # each head's past read in place: rows of the head-major cache
+                for index in range(self._layers):
+                    for head in range(self._kv_heads):
+                        feed[f"past_k{index}_{head}"] = self._k[index][slot, head, :start]
+                        feed[f"past_v{index}_{head}"] = self._v[index][slot, head, :start]
+            else:  # a prompt: the past position-major (a copy; prompts are few and long)
+                feed["mask"] = causal_mask(start, length)
+                for index in range(self._layers):
+                    for name, cache in ((f"past_k{index}", self._k), (f"past_v{index}", self._v)):
+                        feed[name] = np.ascontiguousarray(cache[index][slot, :, :start].transpose(1, 0, 2))
             row_hidden, *entries = session.run(None, feed)
             for index in range(self._layers):
-                self._k[index][slot, angles] = entries[2 * index]
-                self._v[index][slot, angles] = entries[2 * index + 1]
+                self._k[index][slot, :, angles] = entries[2 * index].transpose(1, 0, 2)
+                self._v[index][slot, :, angles] = entries[2 * index + 1].transpose(1, 0, 2)
             return row_hidden
 
         hidden = runner.map(run_row, len(rows)) if runner else [run_row(row) for row in range(len(rows))]
         return torch.from_numpy(np.concatenate(hidden))
 
     def export_prefix(self, slot: int, length: int) -> list[Tensor]:
-        """Copies of `slot`'s keys/values at positions `0..length-1`: [k0, v0, k1, v1, ...]."""
+        """Copies of `slot`'s keys/values at positions `0..length-1`: [k0, v0, k1, v1, ...], each
+        `[n_local_heads, length, head_dim]`."""
         return [
-            torch.from_numpy(cache[index][slot, :length].copy())
+            torch.from_numpy(cache[index][slot, :, :length].copy())
             for index in range(self._layers)
             for cache in (self._k, self._v)
         ]
@@ -191,7 +249,7 @@ class OnnxSlowTransformer:
             raise ValueError(f"expected {2 * self._layers} tensors (k and v per layer), got {len(tensors)}")
         for index in range(self._layers):
             for cache, tensor in ((self._k, tensors[2 * index]), (self._v, tensors[2 * index + 1])):
-                cache[index][slot, : tensor.shape[0]] = tensor.numpy()
+                cache[index][slot, :, : tensor.shape[1]] = tensor.numpy()
 
 
 def causal_mask(start: int, length: int) -> np.ndarray:
