@@ -1,7 +1,8 @@
 """LM serving speed: the batched engine (eager or fast decode) against the faithful one-request loop.
 
     python -m bench.lm_engine [--device cpu|cuda] [--precision bf16] [--concurrency 1 8 32] [--frames 128]
-        [--fast-decode] [--weight-quantization int4] [--semantic-head-only] [--check] [--pipeline]
+        [--fast-decode] [--compile-decode] [--weight-quantization int4] [--semantic-head-only] [--check]
+        [--pipeline] [--profile]
 
 Full-size random checkpoint (written once to --checkpoint-dir). The baseline is the faithful offline loop
 (`lm.generation.generate`, one request at a time, eager PyTorch); the engine runs `concurrency` requests at
@@ -155,6 +156,27 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
     )
 
 
+def profile_request(engine: SemanticEngine, device: str, frames: int, rows: int = 12) -> None:
+    """The GPU kernels of one request of `frames` frames (prefill included): how many and how much GPU time
+    per frame, and the costliest. CUPTI sees the kernels of every thread, the engine's scheduler too (a
+    CPU profile would see only this thread's operators)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        engine_run(engine, 1, frames, device)
+    events = profiler.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    count = sum(e.count for e in kernels)
+    seconds = sum(e.self_device_time_total for e in kernels) / 1e6
+    print(
+        f"profile, one stream, {frames} frames (prefill included): {count / frames:.0f} kernels and "
+        f"{seconds / frames * 1e3:.2f} ms of GPU time per frame",
+        flush=True,
+    )
+    print(events.table(sort_by="self_cuda_time_total", row_limit=rows), flush=True)
+
+
 def check_parity(device: str, fast_decode: bool, levers: LmLevers, compile_decode: bool = False) -> None:
     """Greedy codes of the engine (with the fast path) equal the faithful loop's on the small checkpoint.
 
@@ -231,8 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also time to first audio and RTF of one stream with the codec",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one stream on the GPU: kernels per frame and the costliest",
+    )
     add_lever_arguments(parser)
     args = parser.parse_args(argv)
+    if args.profile and not args.device.startswith("cuda"):
+        parser.error("--profile counts GPU kernels: it needs --device cuda")
     levers = levers_from_args(args)
     # Compute runs on worker threads (the baseline's ends before the engine's starts): serving.threads.
     threads = keep_main_thread_serial(args.threads)
@@ -286,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.pipeline:
             pipeline(engine, args.device, args.frames, reference_frames=215, threads=threads)
+        if args.profile:
+            profile_request(engine, args.device, args.frames)
     finally:
         engine.stop()
     return 0

@@ -8,7 +8,8 @@
 # python3); the repository root goes on PYTHONPATH. Each step has its own time limit (STEP_TIMEOUT seconds,
 # default 300) and a failed step does not stop the next: the log says which passed. Steps:
 #   1. tests/test_cuda_graphs.py and tests/test_lm_sampling.py (CUDA-graph parity, compiled decode);
-#   2. bench.lm_engine, fast decode (the served GPU path), 1/8/32 streams, --check, --pipeline (first audio, RTF);
+#   2. bench.lm_engine, fast decode (the served GPU path), 1/8/32 streams, --check, --pipeline (first audio, RTF),
+#      --profile (kernels per frame, the costliest);
 #   3. the same with the semantic head and --compile-decode (the benchmark-only lever).
 # Exits non-zero when any step failed.
 set -uo pipefail
@@ -41,7 +42,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
 step tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_lm_sampling.py
 BENCH=("$PYTHON" -m bench.lm_engine --device cuda --precision bf16 --frames 128 --fast-decode
-    --concurrency 1 8 32 --pipeline --checkpoint-dir "$CHECKPOINT_DIR")
+    --concurrency 1 8 32 --pipeline --profile --checkpoint-dir "$CHECKPOINT_DIR")
 step fast-decode "${BENCH[@]}" --check
 step compiled-decode "${BENCH[@]}" --semantic-head-only --compile-decode
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from bench import lm_step, load
+from bench import lm_engine, lm_step, load
 from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
@@ -113,3 +113,10 @@ def test_lm_step_times_every_runtime_and_row_count(lm_small_checkpoint, lm_singl
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert [(r[1], r[2]) for r in rows] == [(rt, n) for n in ("1", "3") for rt in RUNTIMES]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+
+
+def test_lm_engine_profile_needs_a_gpu(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        lm_engine.main(["--profile", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "--profile counts GPU kernels: it needs --device cuda" in capsys.readouterr().err
