@@ -98,6 +98,14 @@ def test_hashed_noise_depends_on_seed_counter_and_column_only():
     assert not torch.equal(both[0], both[1]) and bool((both > 0).all())
     narrower = hashed_exponential(torch.tensor([3]), torch.tensor([10]), columns[:40])
     torch.testing.assert_close(narrower, both[:1, :40], rtol=0, atol=0)
+    # several counters per row at once (the fast decode step's codebooks): the same noise as one by one
+    counters = torch.tensor([[10, 11, 12], [7, 8, 9]])
+    grid = hashed_exponential(torch.tensor([[3], [4]]), counters, columns)
+    assert grid.shape == (2, 3, 64)
+    for row, seed in enumerate((3, 4)):
+        for j in range(3):
+            one = hashed_exponential(torch.tensor([seed]), counters[row, j : j + 1], columns)
+            torch.testing.assert_close(grid[row, j], one[0], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor's CPU code needs a C++ compiler")

@@ -57,11 +57,23 @@ def sample(
     """
     if len(generators) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows need as many generators, got {len(generators)}")
-    probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
     vocab = logits.shape[1]
     noise = torch.stack(
         [torch.empty(vocab, device=logits.device).exponential_(1, generator=g) for g in generators]
     )
+    return sample_with_noise(logits, window_ids, top_p, temperature, repetition_penalty, noise)
+
+
+def sample_with_noise(
+    logits: Tensor,
+    window_ids: Tensor | None,
+    top_p: Tensor,
+    temperature: Tensor,
+    repetition_penalty: Tensor,
+    noise: Tensor,
+) -> Tensor:
+    """The id of each row `argmax(probs / noise)`: spec 2.5's draw, with the row's Exp(1) noise `[B, V]` given."""
+    probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
     return torch.argmax(probs / noise, dim=-1)
 
 
@@ -88,14 +100,14 @@ def column_keys(width: int, device: torch.device | str | None = None) -> Tensor:
 
 
 def hashed_exponential(seeds: Tensor, counters: Tensor, columns: Tensor) -> Tensor:
-    """Exp(1) noise `[B, V]` that depends only on each row's (seed, counter) and the column.
+    """Exp(1) noise `[..., V]` that depends only on each (seed, counter) pair and the column.
 
-    A counter-based generator: no generator state, one set of kernels for the whole batch, and nothing
-    that stops it from being captured in a CUDA graph. Rows stay independent of the batch they are in.
-    `columns`: `column_keys(V)`.
+    A counter-based generator: no generator state, one set of kernels for the whole batch (and for several
+    counters at once: seeds and counters broadcast to any shape), and nothing that stops it from being
+    captured in a CUDA graph. Rows stay independent of the batch they are in. `columns`: `column_keys(V)`.
     """
     key = _mix(seeds * _GOLDEN + counters)
-    bits = _mix(key[:, None] + columns[None, :])
+    bits = _mix(key[..., None] + columns)
     uniform = (((bits >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)  # 24 bits in (0, 1)
     return -torch.log(uniform)
 
@@ -116,6 +128,5 @@ def sample_hashed(
     sampling included, can replay as one CUDA graph. Greedy decoding (one candidate left) is unaffected.
     `columns`: `column_keys(W)` for any W of at least the logits' width.
     """
-    probs = distribution(logits, window_ids, top_p, temperature, repetition_penalty)
     noise = hashed_exponential(seeds, counters, columns[: logits.shape[1]])
-    return torch.argmax(probs / noise, dim=-1)
+    return sample_with_noise(logits, window_ids, top_p, temperature, repetition_penalty, noise)

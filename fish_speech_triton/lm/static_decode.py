@@ -23,7 +23,7 @@ from torch import Tensor
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import WINDOW_SIZE, SamplingParams
 from fish_speech_triton.lm.model import DualARTransformer
-from fish_speech_triton.lm.sampling import column_keys, sample_hashed
+from fish_speech_triton.lm.sampling import column_keys, hashed_exponential, sample_hashed, sample_with_noise
 
 
 class StaticDecoder:
@@ -58,6 +58,7 @@ class StaticDecoder:
         self.repetition_penalty = zeros(slots, dtype=torch.float32)
         self._window_offsets = torch.arange(WINDOW_SIZE, device=device)
         self._columns = column_keys(max(c.vocab_size + 1, c.codebook_size), device)
+        self._codebook_counters = torch.arange(1, c.num_codebooks, device=device)  # codebooks 1..K-1
         self._graph: torch.cuda.CUDAGraph | None = None
         self._compute = torch.compile(self._step, dynamic=False) if compile else self._step
         if device.type == "cuda":
@@ -108,14 +109,16 @@ class StaticDecoder:
                 logits, model.token_window(windows[:, 0]), *params, self.seeds, counters, self._columns
             )
         )
+        # the noise of codebooks 1..K-1 in one go (counters + k): a few kernels instead of a few per codebook
+        noise = hashed_exponential(
+            self.seeds[:, None], counters[:, None] + self._codebook_counters, self._columns[: c.codebook_size]
+        )
         model.forward_fast(hidden, 0)
         codebook = (token - model.semantic_begin_id).clamp(0, c.codebook_size - 1)
         frame = [token, codebook]
         for k in range(1, c.num_codebooks):
             fast_logits = model.forward_fast(model.embed_fast(codebook), k)
-            codebook = sample_hashed(
-                fast_logits, windows[:, k + 1], *params, self.seeds, counters + k, self._columns
-            )
+            codebook = sample_with_noise(fast_logits, windows[:, k + 1], *params, noise[:, k - 1])
             frame.append(codebook)
         new = torch.stack(frame, dim=1)
 
