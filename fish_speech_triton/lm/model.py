@@ -200,9 +200,9 @@ class SlotKVCache(KVCache):
             return self.k, self.v
         return self.k[slots, :, :kv_len], self.v[slots, :, :kv_len]
 
-    def update_all(self, k: Tensor, v: Tensor, *, input_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Write `k, v [num_slots, 1, H, D]` of every row at `input_pos [num_slots, 1]`; return the whole cache."""
-        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+    def update_all(self, k: Tensor, v: Tensor, *, rows: Tensor, input_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Write `k, v [num_slots, 1, H, D]` of every row (`rows`: `arange(num_slots)[:, None]`) at
+        `input_pos [num_slots, 1]`; return the whole cache."""
         self.k[rows, :, input_pos] = k.to(self.k.dtype)
         self.v[rows, :, input_pos] = v.to(self.v.dtype)
         return self.k, self.v
@@ -402,8 +402,13 @@ class DualARTransformer(nn.Module):
         x = self.embed(tokens)
         rope = self._slow_rope[input_pos][:, :, None]
         key_pos = torch.arange(self.cache_seq_len, device=positions.device)
-        mask = (key_pos <= input_pos[..., None])[:, None]
-        updates = [partial(cache.update_all, input_pos=input_pos) for cache in self._slow_caches]
+        # the causal mask as the additive bias attention turns a boolean one into, once instead of per layer
+        visible = (key_pos <= input_pos[..., None])[:, None]
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(
+            ~visible, float("-inf")
+        )
+        rows = torch.arange(tokens.shape[0], device=positions.device)[:, None]  # made once, not per layer
+        updates = [partial(cache.update_all, rows=rows, input_pos=input_pos) for cache in self._slow_caches]
         hidden = self._run_blocks(x, rope, updates, mask)[:, -1]
         return self.token_logits(self.norm(hidden)), hidden
 
