@@ -31,16 +31,27 @@ from torch import Tensor
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
-from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session, pad_rows
+from fish_speech_triton.lm.onnx_graph import (
+    ACCURACY_INT8,
+    GraphBuilder,
+    Int4Weights,
+    RowRunner,
+    cpu_session,
+    pad_rows,
+)
 
 
-def fast_position_graph(model: DualARTransformer, pos: int, accuracy_level: int = ACCURACY_INT8) -> bytes:
-    """The serialized ONNX model of fast position `pos` (see the module docstring for its inputs/outputs)."""
+def fast_position_graph(
+    model: DualARTransformer, pos: int, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+) -> bytes:
+    """The serialized ONNX model of fast position `pos` (see the module docstring for its inputs/outputs).
+
+    `int4`: quantized weights shared with the other positions' builds (`GraphBuilder`)."""
     c = model.config
     heads, kv_heads, head_dim = c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim
     rotated = heads + kv_heads  # q and k heads, rotated together
     rotation = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))[pos]
-    g = GraphBuilder(accuracy_level)
+    g = GraphBuilder(accuracy_level, int4)
     cos = g.floats(rotation.real.reshape(-1, 1))  # [D/2, 1]: broadcast over the pair axis
     sin = g.floats(rotation.imag.reshape(-1, 1))
     scale = g.floats(head_dim**-0.5)
@@ -93,8 +104,9 @@ class OnnxFastTransformer:
         c = model.config
         threads = threads or torch.get_num_threads()
         self.batched = batched
+        int4: Int4Weights = {}  # every position, each layer quantized once
         self.sessions = [
-            cpu_session(fast_position_graph(model, pos, accuracy_level), threads if batched else 1)
+            cpu_session(fast_position_graph(model, pos, accuracy_level, int4), threads if batched else 1)
             for pos in range(c.num_codebooks)
         ]
         self.rows = RowRunner(1 if batched else threads)

@@ -39,14 +39,21 @@ def pack_zero_points(zero_points: Tensor) -> np.ndarray:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(-1).numpy()
 
 
+# nn.Linear -> its MatMulNBits inputs: packed int4 weights, float scales, packed zero points
+Int4Weights = dict[nn.Module, tuple[np.ndarray, Tensor, np.ndarray]]
+
+
 class GraphBuilder:
     """A small ONNX graph builder: every node gets a fresh output name."""
 
-    def __init__(self, accuracy_level: int) -> None:
+    def __init__(self, accuracy_level: int, int4: Int4Weights | None = None) -> None:
+        """`int4`: the packed int4 weights of `linear`'s layers, shared by builders of several graphs of the
+        same layers so that each layer is quantized once (filled as layers come)."""
         self.accuracy_level = accuracy_level
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._count = 0
+        self._int4: Int4Weights = {} if int4 is None else int4
 
     def _name(self, prefix: str) -> str:
         self._count += 1
@@ -80,12 +87,15 @@ class GraphBuilder:
             raise InputError(
                 f"the onnxruntime transformers are built from float nn.Linear layers, got {linear}"
             )
-        weight = linear.weight.detach().float()
-        rows, cols = weight.shape
+        rows, cols = linear.out_features, linear.in_features
         group_size = int4_group_size(cols)
-        q, scales, zero_points = quantize_int4(weight, group_size)
-        inputs = [x, self.constant(pack_int4(q, group_size)), self.floats(scales.reshape(-1))]
-        inputs.append(self.constant(pack_zero_points(zero_points)))
+        packed = self._int4.get(linear)
+        if packed is None:
+            q, scales, zero_points = quantize_int4(linear.weight.detach().float(), group_size)
+            packed = (pack_int4(q, group_size), scales.reshape(-1), pack_zero_points(zero_points))
+            self._int4[linear] = packed
+        weights, scales, zero_points = packed
+        inputs = [x, self.constant(weights), self.floats(scales), self.constant(zero_points)]
         y = self.node(
             "MatMulNBits",
             inputs,

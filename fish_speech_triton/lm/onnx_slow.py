@@ -41,22 +41,35 @@ from fish_speech_triton.lm.model import (
     rope_rotations,
     rope_table,
 )
-from fish_speech_triton.lm.onnx_graph import ACCURACY_INT8, GraphBuilder, RowRunner, cpu_session, pad_rows
+from fish_speech_triton.lm.onnx_graph import (
+    ACCURACY_INT8,
+    GraphBuilder,
+    Int4Weights,
+    RowRunner,
+    cpu_session,
+    pad_rows,
+)
 
 
-def slow_graph(model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, decode: bool = False) -> bytes:
+def slow_graph(
+    model: DualARTransformer,
+    accuracy_level: int = ACCURACY_INT8,
+    decode: bool = False,
+    int4: Int4Weights | None = None,
+) -> bytes:
     """The serialized ONNX model of the slow transformer's blocks (see the module docstring).
 
     `decode`: the form for one new position, which reads each KV head's past keys and values in place
     (`past_k{l}_{h}` / `past_v{l}_{h}` `[L, head_dim]`: rows of the runtime's head-major cache) and
     attends over the past and the new position separately, one softmax over both; no mask input. The other
     form takes any number of new positions, the past as `[L, n_local_heads, head_dim]` and the mask.
+    `int4`: quantized weights shared with another form's build (`GraphBuilder`).
     """
     c = model.config
     heads, kv_heads, head_dim = c.n_head, c.n_local_heads, c.head_dim
     group = heads // kv_heads
     rotated = heads + kv_heads  # q and k heads, rotated together
-    g = GraphBuilder(accuracy_level)
+    g = GraphBuilder(accuracy_level, int4)
     scale = head_dim**-0.5
     tensor = TensorProto.FLOAT
     inputs = [
@@ -173,8 +186,9 @@ class OnnxSlowTransformer:
             raise InputError("the onnxruntime slow transformer runs on CPU only")
         c = model.config
         threads = threads or torch.get_num_threads()
-        self.decoder = cpu_session(slow_graph(model, accuracy_level, decode=True), threads=1)
-        self.prefiller = cpu_session(slow_graph(model, accuracy_level), threads=threads)
+        int4: Int4Weights = {}  # both forms, each layer quantized once
+        self.decoder = cpu_session(slow_graph(model, accuracy_level, decode=True, int4=int4), threads=1)
+        self.prefiller = cpu_session(slow_graph(model, accuracy_level, int4=int4), threads=threads)
         self.rows = RowRunner(threads)
         rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
         self._cos = rotations.real.numpy()  # [max_seq_len, head_dim / 2]
