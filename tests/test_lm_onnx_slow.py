@@ -26,11 +26,12 @@ RUNTIMES = ["onnxruntime", "onnxruntime-batched"]
 
 
 def attach(model, runtime: str, accuracy_level: int) -> None:
-    """The slow runtime `runtime` (a `slow_transformer_runtime` value) on `model`'s float layers."""
+    """The slow runtime `runtime` (a `slow_transformer_runtime` value) on `model`'s float layers, prompts on
+    the decoder's int4 weights."""
     if runtime == "onnxruntime":
-        model.use_slow_runtime(OnnxSlowTransformer(model, accuracy_level=accuracy_level))
+        model.use_slow_runtime(OnnxSlowTransformer(model, accuracy_level=accuracy_level, int8_prompts=False))
     else:
-        model.use_slow_blocks(OnnxSlowBlocks(model, accuracy_level=accuracy_level))
+        model.use_slow_blocks(OnnxSlowBlocks(model, accuracy_level=accuracy_level, int8_prompts=False))
 
 
 def random_tokens(generator: torch.Generator, length: int, rows: int = 1) -> torch.Tensor:
@@ -83,6 +84,39 @@ def test_graphs_compute_the_pytorch_blocks_on_the_same_int4_weights(lm_small_che
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).abs().mean() / expected.abs().mean())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_int8_prompts_are_closer_to_the_float_model_than_int4_and_the_same_in_pieces(
+    lm_small_checkpoint, runtime
+):
+    prompt = random_tokens(torch.Generator().manual_seed(2), 40)
+    float_model, _ = load_lm(lm_small_checkpoint)
+    float_model.setup_caches(1, 64)
+    # the prompt's last hidden state and every layer's keys and values
+    expected = [slow(float_model, prompt, 0, [0])[1], *float_model.export_prefix(0, 40)]
+    errors = {}
+    for int8_prompts in (True, False):
+        model, _ = load_lm(lm_small_checkpoint)
+        if runtime == "onnxruntime":
+            model.use_slow_runtime(OnnxSlowTransformer(model, int8_prompts=int8_prompts))
+        else:
+            model.use_slow_blocks(OnnxSlowBlocks(model, int8_prompts=int8_prompts))
+        model.setup_caches(2, 64)
+        got = [slow(model, prompt, 0, [0])[1], *model.export_prefix(0, 40)]
+        errors[int8_prompts] = [relative_error(g, e) for g, e in zip(got, expected, strict=True)]
+        if int8_prompts:  # each row is quantized alone: a prompt in two pieces gives the same keys
+            slow(model, prompt[..., :25], 0, [1])
+            slow(model, prompt[..., 25:], 25, [1])
+            for whole, pieces in zip(model.export_prefix(0, 40), model.export_prefix(1, 40), strict=True):
+                torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+    # int8 weights and rows: about 1% from the float model; the int4 grid: several times that
+    assert max(errors[True]) < 0.03, errors
+    assert all(a * 3 < b for a, b in zip(errors[True], errors[False], strict=True)), errors
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
