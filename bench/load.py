@@ -18,8 +18,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,22 +28,14 @@ from tritonclient.utils import InferenceServerException
 
 from bench.lm_speed import PRECISIONS
 from bench.report import markdown_table, write_reports
+from bench.server import CACHE_DIR, add_server_arguments, bench_checkpoint, describe_server, serving
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
-from client.triton_stream import DEFAULT_URL
-from export.build_repository import add_process_arguments
 from fish_speech_triton.errors import FishSpeechError
-from fish_speech_triton.hub import CODEC_FILE
-from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
 from fish_speech_triton.serving.threads import keep_main_thread_serial
 from fish_speech_triton.tools.cli import run_cli
-from fish_speech_triton.tools.make_random_checkpoint import (
-    CODEC_CONFIG_FILE,
-    RandomCheckpoint,
-    write_random_checkpoint,
-)
+from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint
 
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fish-speech-triton"
 FULL = {"concurrency": "1,2,4,8,16", "max_new_tokens": 64, "size": "full"}
 QUICK = {"concurrency": "1,2", "max_new_tokens": 8, "size": "small"}
 
@@ -57,54 +48,6 @@ def parse_levels(text: str) -> list[int]:
     if not levels or levels[0] < 1:
         raise FishSpeechError(f"--concurrency levels must be at least 1, got {text!r}")
     return levels
-
-
-def bench_checkpoint(directory: Path | None, size: str) -> RandomCheckpoint:
-    """The checkpoint in `directory` (LM files + codec generator [+ codec.json]), or a cached random one."""
-    if directory is None:
-        return write_random_checkpoint(CACHE_DIR / f"random-{size}", size)
-    if not (directory / CODEC_FILE).is_file():
-        raise FishSpeechError(
-            f"{directory} has no {CODEC_FILE}: give a directory with the LM and codec files"
-        )
-    config = directory / CODEC_CONFIG_FILE
-    return RandomCheckpoint(directory, directory / CODEC_FILE, config if config.is_file() else None)
-
-
-@contextmanager
-def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint, kv_slots: int) -> Iterator[str]:
-    """The gRPC address to load: --url, or a tritonserver started here on the benchmark's checkpoint."""
-    if not args.start_server:
-        yield args.url
-        return
-    from export.build_repository import RepositoryOptions
-    from fish_speech_triton.serve import ensure_repository
-    from fish_speech_triton.triton_server import TritonServer
-
-    opts = RepositoryOptions(
-        llama_checkpoint=checkpoint.lm_dir,
-        decoder_checkpoint=checkpoint.codec_path,
-        decoder_config_name=None if checkpoint.codec_config else "firefly_gan_vq",
-        decoder_config=checkpoint.codec_config,
-        output_dir=(args.output_dir / "model_repository").resolve(),
-        kv_slots=kv_slots,
-        precision=args.precision,
-        weight_quantization=args.weight_quantization,
-        semantic_head_only=args.semantic_head_only,
-        fast_transformer_runtime=args.fast_transformer_runtime,
-        slow_transformer_runtime=args.slow_transformer_runtime,
-        torch_threads=args.torch_threads,
-        codec_instances=args.codec_instances,
-        codec_threads=args.codec_threads,
-        encoder_threads=args.encoder_threads,
-        codec_precision=args.codec_precision,
-        stream_chunk_frames=args.stream_chunk_frames,
-    )
-    ensure_repository(opts)
-    log = args.output_dir / "tritonserver.log"
-    print(f"[bench] starting tritonserver (kv_slots {kv_slots}, log {log})", file=sys.stderr, flush=True)
-    with TritonServer(opts.output_dir, log_file=log) as server:
-        yield server.grpc_url
 
 
 @dataclass(frozen=True)
@@ -190,13 +133,7 @@ def build_report(settings: dict, ours: list[LevelRun], baseline: list[LevelRun])
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--url", default=DEFAULT_URL, help=f"a running server's gRPC address (default {DEFAULT_URL})"
-    )
-    where.add_argument(
-        "--start-server", action="store_true", help="build the repository and run tritonserver here"
-    )
+    add_server_arguments(parser)
     parser.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -217,20 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-length", type=int, default=200, help="text segment length, both runs")
     parser.add_argument(
         "--kv-slots", type=int, help="with --start-server: LM slots (default: the largest level)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=sorted(PRECISIONS),
-        default="bf16",
-        help="LM precision of both runs (with --start-server; default bf16, the original's default)",
-    )
-    add_lever_arguments(parser)  # with --start-server: ours only; the baseline is the faithful model
-    server = parser.add_argument_group(
-        "with --start-server, ours' deployment options (default: the builder's)"
-    )
-    add_process_arguments(server)
-    server.add_argument(
-        "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
     )
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only (no ratios)")
     parser.add_argument(
@@ -257,13 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint": str(checkpoint.lm_dir),
         "checkpoint_kind": "given" if args.checkpoint_dir else f"random {preset['size']}",
         **asdict(plan),
-        "server": f"started here, kv_slots {kv_slots}, {args.precision}, "
-        f"{levers_from_args(args).describe()}, torch_threads {args.torch_threads}, codec_threads "
-        f"{args.codec_threads}, encoder_threads {args.encoder_threads}, codec_instances "
-        f"{args.codec_instances}, codec {args.codec_precision}, stream_chunk_frames "
-        f"{args.stream_chunk_frames}, other options default"
-        if args.start_server
-        else args.url,
+        "server": describe_server(args, kv_slots),
         "baseline_precision": args.precision,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{threads} torch threads (baseline)",

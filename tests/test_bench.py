@@ -1,5 +1,5 @@
 """bench.load: the statistics, the reports, and a tiny run of ours against the baseline on a real tritonserver;
-bench.lm_step on a small checkpoint."""
+bench.first_audio against the same server; bench.lm_step on a small checkpoint."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 
-from bench import lm_engine, lm_step, load
+from bench import first_audio, lm_engine, lm_step, load
 from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
@@ -102,6 +103,27 @@ def test_bad_arguments_are_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --concurrency levels must be at least 1, got '0,2'"
     assert run_cli(load.main, ["--url", "127.0.0.1:1", "--quick", "--no-baseline"]) == 2
     assert "no Triton server reachable at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_first_audio_sends_new_references_then_one_again(triton_deployment, tmp_path, capsys):
+    references = [first_audio.new_reference(i, 1.0) for i in range(3)]
+    assert [r.size for r in references] == [44100, 46305, 48510]  # +50 ms each
+    assert not np.array_equal(references[0], references[1][: references[0].size])
+    out = tmp_path / "first-audio"
+    args = ["--url", triton_deployment.grpc_url, "--references", "2", "--reference-seconds", "1"]
+    assert run_cli(first_audio.main, [*args, "--max-new-tokens", "4", "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "time to first audio, new 1 s reference (2 requests): median" in captured.out
+    assert "[first-audio]   warm-up: reference 1.10 s" in captured.err  # progress, warm-up not counted
+    report = json.loads((out / "first_audio.json").read_text())
+    assert [r["request"] for r in report["requests"]] == ["new 1", "new 2", "again"]
+    for r in report["requests"]:
+        assert 0 < r["ttfa_s"] <= r["latency_s"] and r["audio_s"] > 0
+    summary = report["new_reference"]
+    assert summary["count"] == 2 and summary["min_s"] <= summary["median_s"] <= summary["max_s"]
+    assert report["same_reference_again_s"] == report["requests"][-1]["ttfa_s"]
+    assert run_cli(first_audio.main, ["--references", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
 
 
 def test_lm_step_times_every_runtime_and_row_count(lm_small_checkpoint, lm_single_thread, tmp_path, capsys):
