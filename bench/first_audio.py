@@ -4,7 +4,7 @@ python -m bench.first_audio --start-server [LM levers and deployment options]   
 python -m bench.first_audio --url 127.0.0.1:8001 --checkpoint-dir DIR --references 30
 
 One stream at a time. Each request carries a new ~10 s reference recording (synthetic speech, each one
-different in length and content, so that neither the encoder nor the LM's prefix cache has seen it) and
+different in pitch, pace and noise, so that neither the encoder nor the LM's prefix cache has seen it) and
 streams its audio; its time to first audio is the first chunk's arrival, the reference's encoding and the
 prompt's prefill included. Then the first reference once more: its prompt is in the LM's prefix cache, as a
 stored voice's is. A warm-up request with a reference of its own comes first and is not counted. Prints
@@ -39,12 +39,12 @@ REFERENCE_TEXT = (
 
 
 def new_reference(index: int, seconds: float) -> np.ndarray:
-    """Reference `index`: `seconds` + 50 ms per index of synthetic speech, its own noise, started at its own
-    point of the pitch contour: every index gives other audio, other codes and another prompt."""
-    length = seconds + 0.05 * index
-    audio = synthetic_speech(length + 1.5, CODEC_SAMPLE_RATE, seed=index)
-    start = round(0.137 * (index % 10) * CODEC_SAMPLE_RATE)
-    return audio[start : start + round(length * CODEC_SAMPLE_RATE)]
+    """Reference `index`: `seconds` (+50 ms per index, in ten steps) of synthetic speech with its own noise,
+    its pitch and pace scaled by 1 + 0.7% per index: every index gives other audio, codes and prompt."""
+    length = round((seconds + 0.05 * (index % 10)) * CODEC_SAMPLE_RATE)
+    rate = 1 + 0.007 * index
+    audio = synthetic_speech(length * rate / CODEC_SAMPLE_RATE + 0.01, CODEC_SAMPLE_RATE, seed=index)
+    return np.interp(np.arange(length) * rate, np.arange(audio.size), audio).astype(np.float32)
 
 
 def first_audio(url: str, text: str, reference: np.ndarray, max_new_tokens: int, seed: int) -> dict:
