@@ -84,13 +84,33 @@ def _sample_frame(
     params: BatchSamplingParams,
     generators: Sequence[torch.Generator],
 ) -> Tensor:
-    """Token from the slow logits, then codebooks 1..K-1 from the fast transformer; returns `[B, 1 + K]`."""
+    """Token from the slow logits, then codebooks 1..K-1 from the fast transformer; returns `[B, 1 + K]`.
+
+    A fast runtime that samples whole frames (`model.frame_sampler`) gets each row's noise for codebooks
+    1..K-1 drawn ahead from its generator, in the order the per-position loop draws it: the same codes."""
     p = (params.top_p, params.temperature, params.repetition_penalty)
     window = None if windows is None else model.token_window(windows[:, 0])
     token = model.token_of(sample(logits, window, *p, generators))
     c = model.config
-    model.forward_fast(hidden, 0)  # position 0 only fills the fast cache; its logits are not used
     codebook = (token - model.semantic_begin_id).clamp(0, c.codebook_size - 1)
+    sampler = model.frame_sampler
+    if sampler is not None:  # the runtime runs the positions and draws itself: the same noise, in order
+        noise = torch.stack(
+            [
+                torch.stack(
+                    [
+                        torch.empty(c.codebook_size).exponential_(1, generator=g)
+                        for _ in range(1, c.num_codebooks)
+                    ]
+                )
+                for g in generators
+            ]
+        )
+        codes = sampler.sample_frame(
+            model.fast_project_in(hidden), codebook, noise, None if windows is None else windows[:, 2:], *p
+        )
+        return torch.cat([token[:, None], codebook[:, None], codes.to(token.device)], dim=1)
+    model.forward_fast(hidden, 0)  # position 0 only fills the fast cache; its logits are not used
     frame = [token, codebook]
     for k in range(1, c.num_codebooks):
         fast_logits = model.forward_fast(model.embed_fast(codebook), k)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,23 @@ class FastRuntime(Protocol):
     def allocate(self, rows: int) -> None: ...
 
     def __call__(self, x: Tensor, pos: int) -> Tensor: ...
+
+
+@runtime_checkable
+class FrameSampler(Protocol):
+    """A fast runtime that also runs a whole frame's positions and draws in one go
+    (`onnx_fast.OnnxFastTransformer.sample_frame`)."""
+
+    def sample_frame(
+        self,
+        x: Tensor,
+        codebook: Tensor,
+        noise: Tensor,
+        windows: Tensor | None,
+        top_p: Tensor,
+        temperature: Tensor,
+        repetition_penalty: Tensor,
+    ) -> Tensor: ...
 
 
 class SlowRuntime(Protocol):
@@ -500,6 +517,11 @@ class DualARTransformer(nn.Module):
         self._fast_runtime = runtime
         self.fast_layers = nn.ModuleList()
         del self.fast_norm, self.fast_output
+
+    @property
+    def frame_sampler(self) -> FrameSampler | None:
+        """The fast runtime, when it samples whole frames itself (see `generation._sample_frame`)."""
+        return self._fast_runtime if isinstance(self._fast_runtime, FrameSampler) else None
 
     def embed_fast(self, codes: Tensor) -> Tensor:
         """Input of fast position k >= 1: the embedding of codebook k - 1, `codes [B]` -> `[B, fast_dim]`."""

@@ -89,6 +89,12 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
         return output
 
+    def outputs(self, op: str, inputs: list[str], count: int, domain: str = "", **attrs) -> list[str]:
+        """A node with `count` outputs; their names."""
+        names = [self._name(op) for _ in range(count)]
+        self.nodes.append(helper.make_node(op, inputs, names, domain=domain, **attrs))
+        return names
+
     def slice(self, x: str, start: int, end: int, axis: int) -> str:
         return self.node("Slice", [x, self.ints(start), self.ints(end), self.ints(axis)])
 
@@ -179,9 +185,9 @@ class GraphBuilder:
         up = self.linear(self.node("Mul", [silu, self.linear(normed, ffn.w3)]), ffn.w2)
         return self.node("Add", [h, up], name=name)
 
-    def model(self, name: str, inputs: list, outputs: list[str]) -> bytes:
-        """The serialized model of the nodes built so far (outputs of any shape, float32)."""
-        values = [helper.make_tensor_value_info(output, TensorProto.FLOAT, None) for output in outputs]
+    def model(self, name: str, inputs: list, outputs: list[str], dtype: int = TensorProto.FLOAT) -> bytes:
+        """The serialized model of the nodes built so far (outputs of any shape, of type `dtype`)."""
+        values = [helper.make_tensor_value_info(output, dtype, None) for output in outputs]
         graph = helper.make_graph(self.nodes, name, inputs, values, self.initializers)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
         return helper.make_model(graph, opset_imports=opsets).SerializeToString()
