@@ -511,8 +511,8 @@ class DualARTransformer(nn.Module):
     def use_fast_runtime(self, runtime: FastRuntime) -> None:
         """Run the fast transformer's positions on `runtime` from now on (call `setup_caches` afterwards).
 
-        The runtime holds its own copy of the fast layers, norm and head, so PyTorch's are released (and
-        not quantized for nothing): ~120 MB of a full-size bf16 model.
+        The runtime holds the fast layers, norm and head (its graphs are built from them), so the model lets
+        them go: they are not quantized for nothing.
         """
         self._fast_runtime = runtime
         self.fast_layers = nn.ModuleList()

@@ -31,14 +31,24 @@ activations) the graphs reproduce the PyTorch blocks on the dequantized weights 
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
-from torch import Tensor
+from torch import Tensor, nn
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import DualARTransformer, rope_rotations, rope_table
+from fish_speech_triton.lm.config import DualARConfig
+from fish_speech_triton.lm.model import (
+    DualARTransformer,
+    RMSNorm,
+    TransformerBlock,
+    rope_rotations,
+    rope_table,
+)
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
     GraphBuilder,
@@ -49,8 +59,26 @@ from fish_speech_triton.lm.onnx_graph import (
 )
 
 
+@dataclass(frozen=True)
+class FastWeights:
+    """What the fast graphs are built from: the model's config and its float fast layers, norm, head and
+    codebook embeddings (the runtime keeps them: the model releases its copy)."""
+
+    config: DualARConfig
+    layers: tuple[TransformerBlock, ...]
+    norm: RMSNorm
+    output: nn.Module
+    embeddings: nn.Embedding
+
+    @classmethod
+    def of(cls, model: DualARTransformer) -> FastWeights:
+        """A copy of `model`'s: later changes to the model (quantizing it) do not reach the graphs."""
+        parts = (tuple(model.fast_layers), model.fast_norm, model.fast_output, model.fast_embeddings)
+        return cls(model.config, *copy.deepcopy(parts))
+
+
 def fast_position_graph(
-    model: DualARTransformer, pos: int, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+    model: FastWeights, pos: int, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
 ) -> bytes:
     """The serialized ONNX model of fast position `pos` (see the module docstring for its inputs/outputs).
 
@@ -64,12 +92,12 @@ def fast_position_graph(
         shape = ["batch", c.fast_n_local_heads, pos, c.fast_head_dim]
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for pair in past for n in pair]
     x, entries, _ = _position(g, model, "x", pos, past, names=True)
-    logits = g.linear(g.rms_norm(x, model.fast_norm), model.fast_output)
+    logits = g.linear(g.rms_norm(x, model.norm), model.output)
     return g.model(f"fast_position_{pos}", inputs, [logits, *entries])
 
 
 def fast_frame_graph(
-    model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+    model: FastWeights, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
 ) -> bytes:
     """The serialized ONNX model of a whole frame's fast transformer with its draws (`OnnxFastTransformer.
     sample_frame`): the K positions, each codebook k >= 1 drawn as `sampling.sample_with_noise` does
@@ -92,13 +120,13 @@ def fast_frame_graph(
         *[helper.make_tensor_value_info(name, tensor, ["batch"]) for name in SAMPLING_INPUTS],
     ]
     params = [g.node("Unsqueeze", [name, g.ints(1)]) for name in SAMPLING_INPUTS]  # [B, 1]
-    embeddings = g.floats(model.fast_embeddings.weight)
+    embeddings = g.floats(model.embeddings.weight)
     _, _, past = _position(g, model, "x", 0, None)
     code, codes = "codebook", []
     for pos in range(1, c.num_codebooks):
         x = g.node("Gather", [embeddings, code], axis=0)  # embed_fast(codebook pos - 1)
         x, _, past = _position(g, model, x, pos, past)
-        logits = g.linear(g.rms_norm(x, model.fast_norm), model.fast_output)
+        logits = g.linear(g.rms_norm(x, model.norm), model.output)
         column = g.node("Squeeze", [g.ints(pos - 1)])  # a scalar index: Gather drops the axis
         noise = g.node("Gather", ["noise", column], axis=1)
         window = g.node("Gather", ["windows", column], axis=1)
@@ -113,7 +141,7 @@ SAMPLING_INPUTS = ("top_p", "temperature", "repetition_penalty")
 
 def _position(
     g: GraphBuilder,
-    model: DualARTransformer,
+    model: FastWeights,
     x: str,
     pos: int,
     past: list[tuple[str, str]] | None,
@@ -130,7 +158,7 @@ def _position(
     sin = g.floats(rotation.imag.reshape(-1, 1))
     scale = g.floats(head_dim**-0.5)
     entries, through = [], []
-    for index, block in enumerate(model.fast_layers):
+    for index, block in enumerate(model.layers):
         qk, v_flat = g.attention_input(x, block, cos, sin)
         q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, heads // kv_heads, head_dim)
         k = g.node(
@@ -203,13 +231,15 @@ class OnnxFastTransformer:
         c = model.config
         threads = threads or torch.get_num_threads()
         self.batched = batched
-        int4: Int4Weights = {}  # every position, each layer quantized once
-        threads_per_run = threads if batched else 1
-        self.sessions = [
-            cpu_session(fast_position_graph(model, pos, accuracy_level, int4), threads_per_run)
-            for pos in range(c.num_codebooks)
-        ]
-        self.frame_session = cpu_session(fast_frame_graph(model, accuracy_level, int4), threads_per_run)
+        self._weights = FastWeights.of(model)
+        self._accuracy_level = accuracy_level
+        self._int4: Int4Weights = {}  # every graph, each layer quantized once
+        self._threads_per_run = threads if batched else 1
+        # the generation loop runs whole frames; the per-position sessions are built on first use
+        self.frame_session = cpu_session(
+            fast_frame_graph(self._weights, accuracy_level, self._int4), self._threads_per_run
+        )
+        self._sessions: list[ort.InferenceSession | None] = [None] * c.num_codebooks
         self.rows = RowRunner(1 if batched else threads)
         self._cache_shape = (c.fast_n_local_heads, c.num_codebooks, c.fast_head_dim)
         self._layers = c.n_fast_layer
@@ -235,7 +265,10 @@ class OnnxFastTransformer:
                 f"the fast transformer's cache has no room for {batch} rows: call setup_caches()"
             )
         inputs = x.detach().to(torch.float32).numpy()
-        session = self.sessions[pos]
+        session = self._sessions[pos]
+        if session is None:
+            graph = fast_position_graph(self._weights, pos, self._accuracy_level, self._int4)
+            session = self._sessions[pos] = cpu_session(graph, self._threads_per_run)
         if self.batched:
             padded = pad_rows(inputs)
             return torch.from_numpy(self._run(session, padded, slice(0, padded.shape[0]), pos)[:batch])

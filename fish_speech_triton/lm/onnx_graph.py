@@ -60,9 +60,9 @@ class GraphBuilder:
         the other rows. `accuracy_level` is then unused."""
         self.accuracy_level = accuracy_level
         self.int8_weights = int8_weights
-        self._int8_rows: dict[
-            str, tuple[str, str]
-        ] = {}  # input -> its int8 rows (shifted by 128), row scales
+        # an input -> its int8 rows (shifted by 128) and their scales
+        self._int8_rows: dict[str, tuple[str, str]] = {}
+        self._linear_inputs: dict[nn.Module, list[str]] = {}  # a layer's MatMulNBits constants
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._count = 0
@@ -116,11 +116,16 @@ class GraphBuilder:
             q, scales, zero_points = quantize_int4(linear.weight.detach().float(), group_size)
             packed = (pack_int4(q, group_size), scales.reshape(-1), pack_zero_points(zero_points))
             self._int4[linear] = packed
-        weights, scales, zero_points = packed
-        inputs = [x, self.constant(weights), self.floats(scales), self.constant(zero_points)]
+        if linear not in self._linear_inputs:  # a layer used at several places of the graph: one copy
+            weights, scales, zero_points = packed
+            self._linear_inputs[linear] = [
+                self.constant(weights),
+                self.floats(scales),
+                self.constant(zero_points),
+            ]
         y = self.node(
             "MatMulNBits",
-            inputs,
+            [x, *self._linear_inputs[linear]],
             domain="com.microsoft",
             K=cols,
             N=rows,
