@@ -78,12 +78,12 @@ class FastWeights:
 
 
 def fast_position_graph(
-    model: FastWeights, pos: int, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+    weights: FastWeights, pos: int, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
 ) -> bytes:
     """The serialized ONNX model of fast position `pos` (see the module docstring for its inputs/outputs).
 
     `int4`: quantized weights shared with the other positions' builds (`GraphBuilder`)."""
-    c = model.config
+    c = weights.config
     g = GraphBuilder(accuracy_level, int4)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c.fast_dim])]
     past = None
@@ -91,13 +91,13 @@ def fast_position_graph(
         past = [(f"past_k{index}", f"past_v{index}") for index in range(c.n_fast_layer)]
         shape = ["batch", c.fast_n_local_heads, pos, c.fast_head_dim]
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for pair in past for n in pair]
-    x, entries, _ = _position(g, model, "x", pos, past, names=True)
-    logits = g.linear(g.rms_norm(x, model.norm), model.output)
+    x, entries, _ = _position(g, weights, "x", pos, past, names=True)
+    logits = g.linear(g.rms_norm(x, weights.norm), weights.output)
     return g.model(f"fast_position_{pos}", inputs, [logits, *entries])
 
 
 def fast_frame_graph(
-    model: FastWeights, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+    weights: FastWeights, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
 ) -> bytes:
     """The serialized ONNX model of a whole frame's fast transformer with its draws (`OnnxFastTransformer.
     sample_frame`): the K positions, each codebook k >= 1 drawn as `sampling.sample_with_noise` does
@@ -109,7 +109,7 @@ def fast_frame_graph(
              repetition_penalty [B]
     outputs  codes [B, K - 1] int64 (codebooks 1..K-1)
     """
-    c = model.config
+    c = weights.config
     g = GraphBuilder(accuracy_level, int4)
     tensor, ids = TensorProto.FLOAT, TensorProto.INT64
     inputs = [
@@ -120,13 +120,13 @@ def fast_frame_graph(
         *[helper.make_tensor_value_info(name, tensor, ["batch"]) for name in SAMPLING_INPUTS],
     ]
     params = [g.node("Unsqueeze", [name, g.ints(1)]) for name in SAMPLING_INPUTS]  # [B, 1]
-    embeddings = g.floats(model.embeddings.weight)
-    _, _, past = _position(g, model, "x", 0, None)
+    embeddings = g.floats(weights.embeddings.weight)
+    _, _, past = _position(g, weights, "x", 0, None)
     code, codes = "codebook", []
     for pos in range(1, c.num_codebooks):
         x = g.node("Gather", [embeddings, code], axis=0)  # embed_fast(codebook pos - 1)
-        x, _, past = _position(g, model, x, pos, past)
-        logits = g.linear(g.rms_norm(x, model.norm), model.output)
+        x, _, past = _position(g, weights, x, pos, past)
+        logits = g.linear(g.rms_norm(x, weights.norm), weights.output)
         column = g.node("Squeeze", [g.ints(pos - 1)])  # a scalar index: Gather drops the axis
         noise = g.node("Gather", ["noise", column], axis=1)
         window = g.node("Gather", ["windows", column], axis=1)
@@ -141,7 +141,7 @@ SAMPLING_INPUTS = ("top_p", "temperature", "repetition_penalty")
 
 def _position(
     g: GraphBuilder,
-    model: FastWeights,
+    weights: FastWeights,
     x: str,
     pos: int,
     past: list[tuple[str, str]] | None,
@@ -150,7 +150,7 @@ def _position(
     """Fast position `pos` over rows `x`, attending over `past` (each layer's keys and values `[B, KV, pos,
     D]`). Returns the blocks' output, the position's own keys and values [k0, v0, ...] (named k{l} / v{l}
     with `names`) and each layer's keys and values through this position."""
-    c = model.config
+    c = weights.config
     heads, kv_heads, head_dim = c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim
     rotated = heads + kv_heads  # q and k heads, rotated together
     rotation = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))[pos]
@@ -158,7 +158,7 @@ def _position(
     sin = g.floats(rotation.imag.reshape(-1, 1))
     scale = g.floats(head_dim**-0.5)
     entries, through = [], []
-    for index, block in enumerate(model.layers):
+    for index, block in enumerate(weights.layers):
         qk, v_flat = g.attention_input(x, block, cos, sin)
         q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, heads // kv_heads, head_dim)
         k = g.node(
@@ -307,10 +307,11 @@ class OnnxFastTransformer:
             "temperature": temperature.float().numpy(),
             "repetition_penalty": repetition_penalty.float().numpy(),
         }
-        if self.batched:  # zero rows with noise 1 to an even count (`pad_rows`)
+        if self.batched:  # a zero row to an even count (`pad_rows`), its noise and parameters harmless
             padded = {name: pad_rows(value) for name, value in feed.items()}
             if batch % 2:
-                padded["noise"][-1] = 1
+                for name in ("noise", "temperature", "repetition_penalty"):
+                    padded[name][-1] = 1
             return torch.from_numpy(self.frame_session.run(None, padded)[0][:batch])
 
         def run_row(row: int) -> np.ndarray:
