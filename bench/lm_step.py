@@ -8,7 +8,9 @@ head on every model. Each runtime (`torch`, `onnxruntime`, `onnxruntime-batched`
 `fast_transformer_runtime` and `slow_transformer_runtime`) gets its own model; each row holds --cached
 positions. Then, round after round, every runtime runs --steps decode steps of each row count in turn
 (alternating, so that this machine's drift hits them all alike) and prints the medians: `forward_slow`, then
-the 8 fast positions. Sampling is left out: both parts are what the runtimes change.
+the 8 fast positions as generation runs them. For the onnxruntime runtimes that is one frame graph per row,
+codebook draws included (`OnnxFastTransformer.sample_frame`); for PyTorch 8 `forward_fast` calls, sampling
+left out.
 """
 
 from __future__ import annotations
@@ -35,18 +37,29 @@ def levers_for(runtime: str) -> LmLevers:
 
 @torch.inference_mode()
 def step_times(model: DualARTransformer, rows: int, start: int, steps: int) -> tuple[float, float]:
-    """Median seconds of `forward_slow` and of the 8 fast positions over `steps` decode steps of `rows` rows."""
+    """Median seconds of `forward_slow` and of the 8 fast positions (see the module docstring) over `steps`
+    decode steps of `rows` rows."""
     c = model.config
     slow, fast = [], []
     slots = torch.arange(rows)
+    sampler, codes = model.frame_sampler, torch.zeros(rows, dtype=torch.long)
+    noise = torch.ones(rows, c.num_codebooks - 1, c.codebook_size)
+    params = (
+        torch.full((rows,), 0.7),
+        torch.full((rows,), 0.7),
+        torch.ones(rows),
+    )  # top-p, temperature, penalty
     for step in range(steps):
         tokens = torch.zeros(rows, 1 + c.num_codebooks, 1, dtype=torch.long)
         started = time.perf_counter()
         _, hidden = model.forward_slow(tokens, torch.full((rows, 1), start + step), slots)
         middle = time.perf_counter()
-        model.forward_fast(hidden, 0)
-        for pos in range(1, c.num_codebooks):
-            model.forward_fast(model.embed_fast(torch.zeros(rows, dtype=torch.long)), pos)
+        if sampler is not None:  # what generation runs: positions and draws in one run per row
+            sampler.sample_frame(model.fast_project_in(hidden), codes, noise, None, *params)
+        else:
+            model.forward_fast(hidden, 0)
+            for pos in range(1, c.num_codebooks):
+                model.forward_fast(model.embed_fast(codes), pos)
         slow.append(middle - started)
         fast.append(time.perf_counter() - middle)
     return float(np.median(slow)), float(np.median(fast))
