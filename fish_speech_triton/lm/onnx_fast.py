@@ -127,7 +127,7 @@ def fast_frame_graph(
         x = g.node("Gather", [embeddings, code], axis=0)  # embed_fast(codebook pos - 1)
         x, _, past = _position(g, weights, x, pos, past)
         logits = g.linear(g.rms_norm(x, weights.norm), weights.output)
-        column = g.node("Squeeze", [g.ints(pos - 1)])  # a scalar index: Gather drops the axis
+        column = g.scalar(pos - 1)  # a scalar index: Gather drops the axis
         noise = g.node("Gather", ["noise", column], axis=1)
         window = g.node("Gather", ["windows", column], axis=1)
         code = _sample(g, logits, window, noise, params, c.codebook_size)
@@ -194,7 +194,7 @@ def _sample(g: GraphBuilder, logits: str, window: str, noise: str, params: list[
     logits = g.node("ScatterElements", [logits, window, penalised], axis=1)
     # top-p over a stable descending sort: TopK breaks ties by the lower index, as torch.sort(stable) does
     ordered, order = g.outputs("TopK", [logits, g.ints(width)], 2, axis=-1, largest=1, sorted=1)
-    cumulative = g.node("CumSum", [g.node("Softmax", [ordered], axis=-1), g.node("Squeeze", [g.ints(1)])])
+    cumulative = g.node("CumSum", [g.node("Softmax", [ordered], axis=-1), g.scalar(1)])
     over = g.node("Cast", [g.node("Greater", [cumulative, top_p])], to=TensorProto.FLOAT)
     first_kept = np.ones((1, width), dtype=np.float32)
     first_kept[0, 0] = 0

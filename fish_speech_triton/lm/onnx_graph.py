@@ -74,8 +74,14 @@ class GraphBuilder:
 
     def constant(self, array: np.ndarray) -> str:
         name = self._name("const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.ascontiguousarray makes a 0-d array 1-d: a scalar stays as it is
+        data = np.ascontiguousarray(array) if array.ndim else array
+        self.initializers.append(numpy_helper.from_array(data, name))
         return name
+
+    def scalar(self, value: int) -> str:
+        """A 0-d int64 constant (a Gather index that drops its axis, an axis input)."""
+        return self.constant(np.array(value, dtype=np.int64))
 
     def ints(self, *values: int) -> str:
         return self.constant(np.array(values, dtype=np.int64))
@@ -141,9 +147,8 @@ class GraphBuilder:
             absmax = self.node("ReduceMax", [self.node("Abs", [x]), self.ints(-1)])
             scales = self.node("Div", [self.node("Max", [absmax, self.floats(1e-30)]), self.floats(127.0)])
             levels = self.node("Round", [self.node("Div", [x, scales])])  # -127..127, ties to even
-            shifted = self.node(
-                "Add", [levels, self.floats(128.0)]
-            )  # uint8 with zero point 128: VNNI's u8 x s8
+            # uint8 with zero point 128: VNNI's u8 x s8
+            shifted = self.node("Add", [levels, self.floats(128.0)])
             self._int8_rows[x] = (self.node("Cast", [shifted], to=TensorProto.UINT8), scales)
         rows, scales = self._int8_rows[x]
         q, channel_scales = quantize_int8(weight.detach().float())

@@ -130,7 +130,7 @@ def _decode_attention(
 ) -> str:
     """KV head `head`'s query rows `[G, D]` (of q `[KV, G, D]`) over its past keys/values `[L, D]` (read in
     place, no copy) and the new position's (k, v `[1, KV, D]`): softmax over [past scores, new score]."""
-    index = g.node("Squeeze", [g.ints(head)])  # a scalar index: Gather drops the axis
+    index = g.scalar(head)  # a scalar index: Gather drops the axis
     q_head = g.node("Gather", [q, index], axis=0)  # [G, D]
     k_new = g.node("Gather", [k, index], axis=1)  # [1, D]
     v_new = g.node("Gather", [v, index], axis=1)
