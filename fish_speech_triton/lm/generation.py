@@ -15,7 +15,7 @@ from torch import Tensor
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer
-from fish_speech_triton.lm.sampling import sample
+from fish_speech_triton.lm.sampling import exponential_noise, sample
 
 WINDOW_SIZE = 16
 
@@ -96,16 +96,8 @@ def _sample_frame(
     sampler = model.frame_sampler
     if sampler is not None:  # the runtime runs the positions and draws itself: the same noise, in order
         noise = torch.stack(
-            [
-                torch.stack(
-                    [
-                        torch.empty(c.codebook_size).exponential_(1, generator=g)
-                        for _ in range(1, c.num_codebooks)
-                    ]
-                )
-                for g in generators
-            ]
-        )
+            [exponential_noise(c.codebook_size, generators) for _ in range(1, c.num_codebooks)], dim=1
+        )  # [B, K - 1, codebook_size]; each generator draws codebook 1, 2, ... as the loop below does
         codes = sampler.sample_frame(
             model.fast_project_in(hidden), codebook, noise, None if windows is None else windows[:, 2:], *p
         )

@@ -57,11 +57,15 @@ def sample(
     """
     if len(generators) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows need as many generators, got {len(generators)}")
-    vocab = logits.shape[1]
-    noise = torch.stack(
-        [torch.empty(vocab, device=logits.device).exponential_(1, generator=g) for g in generators]
-    )
+    noise = exponential_noise(logits.shape[1], generators, logits.device)
     return sample_with_noise(logits, window_ids, top_p, temperature, repetition_penalty, noise)
+
+
+def exponential_noise(
+    width: int, generators: Sequence[torch.Generator], device: torch.device | str | None = None
+) -> Tensor:
+    """Exp(1) noise `[B, width]`: row b drawn from `generators[b]` (its next `width` draws)."""
+    return torch.stack([torch.empty(width, device=device).exponential_(1, generator=g) for g in generators])
 
 
 def sample_with_noise(
