@@ -95,9 +95,17 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
         return output
 
-    def outputs(self, op: str, inputs: list[str], count: int, domain: str = "", **attrs) -> list[str]:
-        """A node with `count` outputs; their names."""
-        names = [self._name(op) for _ in range(count)]
+    def outputs(
+        self,
+        op: str,
+        inputs: list[str],
+        count: int,
+        domain: str = "",
+        names: list[str] | None = None,
+        **attrs,
+    ) -> list[str]:
+        """A node with `count` outputs (named `names`, else fresh names); their names."""
+        names = names or [self._name(op) for _ in range(count)]
         self.nodes.append(helper.make_node(op, inputs, names, domain=domain, **attrs))
         return names
 

@@ -5,7 +5,7 @@ Decoding, a step's slow pass is 24 blocks of int4 matmuls over one row plus ~600
 runs the whole pass on ONE core in ~12 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
 cost), which leaves the other cores to the LM's neighbours: the codec, other requests.
 
-One graph, any number of new positions T after L cached ones, for one row:
+A prompt (any number of new positions T after L cached ones, one row) runs `slow_graph`:
 
     inputs   x [T, dim] (embedded tokens), cos / sin [T, 1, head_dim / 2, 1] (RoPE of the T positions),
              mask [T, L + T] (0 where a query may attend, -inf elsewhere: causal among the new positions),
@@ -14,16 +14,17 @@ One graph, any number of new positions T after L cached ones, for one row:
              [T, n_local_heads, head_dim] (rotated keys and values of the new positions)
 
 The runtime keeps the KV cache itself (float32, `[slots, n_local_heads, positions, head_dim]` per layer). A
-decoded position runs the `decode` form of the graph, which reads each head's first L positions in place (one
-contiguous block) and attends over them and the new position without concatenating them: copying the past
-of every layer each step cost 2.4 ms of a ~32 ms step at 700 positions. Decoding runs on one
-thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread, whose linears multiply
-int8 weights (the float weights per output channel) by int8 rows on onnxruntime's int8 GEMM: a 300-position
-prompt (a 10 s reference) takes ~0.42 s instead of ~0.71 s with the int4 weights, and its keys and values
-are several times closer to the float model's. Each row is its own
-run (a batch's rows side by side on `RowRunner`'s threads), so a row's numbers never depend on its batch. The final norm and the token head
-stay in PyTorch. With `accuracy_level=0` (float activations) the graph reproduces the PyTorch blocks on the
-dequantized weights (tests).
+decoded position runs `slow_decode_graph`, whose attention is onnxruntime's `GroupQueryAttention` bound to
+the slot's cache rows as both its past and its present: the kernel reads the past in place and writes only
+the new position, and the caller neither feeds the cache nor writes it back (a slow pass at 300 cached
+positions 17.2–17.5 → 13.9–14.7 ms against a graph of per-head attention nodes fed the past every step).
+Decoding runs on one thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread,
+whose linears multiply int8 weights (the float weights per output channel) by int8 rows on onnxruntime's
+int8 GEMM: a 300-position prompt (a 10 s reference) takes ~0.42 s instead of ~0.71 s with the int4
+weights, and its keys and values are several times closer to the float model's. Each row is its own run (a
+batch's rows side by side on `RowRunner`'s threads), so a row's numbers never depend on its batch. The
+final norm and the token head stay in PyTorch. With `accuracy_level=0` (float activations) both graphs
+reproduce the PyTorch blocks on the dequantized weights (tests).
 
 That is the latency form (`slow_transformer_runtime onnxruntime`): a batch of B rows reads the weights B
 times. The throughput form (`onnxruntime-batched`, `OnnxSlowBlocks`) multiplies a step's rows together in
@@ -33,6 +34,7 @@ times. The throughput form (`onnxruntime-batched`, `OnnxSlowBlocks`) multiplies 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 from torch import Tensor
@@ -57,18 +59,12 @@ from fish_speech_triton.lm.onnx_graph import (
 def slow_graph(
     model: DualARTransformer,
     accuracy_level: int = ACCURACY_INT8,
-    decode: bool = False,
     int4: Int4Weights | None = None,
     int8_weights: bool = False,
 ) -> bytes:
-    """The serialized ONNX model of the slow transformer's blocks (see the module docstring).
-
-    `decode`: the form for one new position, which reads each KV head's past keys and values in place
-    (`past_k{l}_{h}` / `past_v{l}_{h}` `[L, head_dim]`: rows of the runtime's head-major cache) and
-    attends over the past and the new position separately, one softmax over both; no mask input. The other
-    form takes any number of new positions, the past as `[L, n_local_heads, head_dim]` and the mask.
-    `int4`: quantized weights shared with another form's build; `int8_weights`: int8 weights and rows
-    instead of int4 (`GraphBuilder`).
+    """The serialized ONNX model of the slow transformer's blocks over any number of new positions (the
+    prompt form, see the module docstring). `int4`: quantized weights shared with the decode form's build;
+    `int8_weights`: int8 weights and rows instead of int4 (`GraphBuilder`).
     """
     c = model.config
     heads, kv_heads, head_dim = c.n_head, c.n_local_heads, c.head_dim
@@ -81,9 +77,8 @@ def slow_graph(
         helper.make_tensor_value_info("x", tensor, ["new", c.dim]),
         helper.make_tensor_value_info("cos", tensor, ["new", 1, head_dim // 2, 1]),
         helper.make_tensor_value_info("sin", tensor, ["new", 1, head_dim // 2, 1]),
+        helper.make_tensor_value_info("mask", tensor, ["new", "keys"]),
     ]
-    if not decode:
-        inputs.append(helper.make_tensor_value_info("mask", tensor, ["new", "keys"]))
     cache_outputs = []
     x = "x"
     for index, block in enumerate(model.layers):
@@ -91,21 +86,6 @@ def slow_graph(
         k = g.node("Identity", [g.slice(qk, heads, rotated, 1)], name=f"k{index}")  # [T, KV, D]
         v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, head_dim)], name=f"v{index}")
         cache_outputs += [k, v]
-        if decode:
-            past = [(f"past_k{index}_{h}", f"past_v{index}_{h}") for h in range(kv_heads)]
-            inputs += [
-                helper.make_tensor_value_info(name, tensor, ["past", head_dim])
-                for pair in past
-                for name in pair
-            ]
-            q = g.reshape(g.slice(qk, 0, heads, 1), kv_heads, group, head_dim)  # one position: [KV, G, D]
-            attended = g.node(
-                "Concat",
-                [_decode_attention(g, q, k, v, h, past[h], scale) for h in range(kv_heads)],
-                axis=0,
-            )
-            x = g.block_output(x, g.reshape(attended, 1, heads * head_dim), block)
-            continue
         # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
         q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
         q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
@@ -125,30 +105,59 @@ def slow_graph(
     return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
 
 
-def _decode_attention(
-    g: GraphBuilder, q: str, k: str, v: str, head: int, past: tuple[str, str], scale: float
-) -> str:
-    """KV head `head`'s query rows `[G, D]` (of q `[KV, G, D]`) over its past keys/values `[L, D]` (read in
-    place, no copy) and the new position's (k, v `[1, KV, D]`): softmax over [past scores, new score]."""
-    index = g.scalar(head)  # a scalar index: Gather drops the axis
-    q_head = g.node("Gather", [q, index], axis=0)  # [G, D]
-    k_new = g.node("Gather", [k, index], axis=1)  # [1, D]
-    v_new = g.node("Gather", [v, index], axis=1)
-    scores = g.node(
-        "Concat",
-        [
-            g.node("Gemm", [q_head, past[0]], transB=1, alpha=scale),  # [G, L]
-            g.node("Gemm", [q_head, k_new], transB=1, alpha=scale),  # [G, 1]
-        ],
-        axis=1,
-    )
-    weights = g.node("Softmax", [scores], axis=-1)
-    past_weights = g.slice(weights, 0, -1, 1)
-    new_weights = g.slice(weights, -1, 2**62, 1)
-    return g.node(
-        "Add",
-        [g.node("MatMul", [past_weights, past[1]]), g.node("MatMul", [new_weights, v_new])],
-    )  # [G, D]
+def slow_decode_graph(
+    model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
+) -> bytes:
+    """The serialized ONNX model of the slow blocks over ONE new position that updates the KV cache in place.
+
+    Each block's attention is onnxruntime's `GroupQueryAttention` (RoPE of interleaved pairs from the
+    model's table, query head h on KV head h // group as `repeat_interleave` orders them, one softmax over
+    the past and the new position):
+
+        inputs   x [1, dim], seqlens_k [1] int32 (the position: keys already cached),
+                 total_sequence_length [1] int32 (position + 1),
+                 past_k{l} / past_v{l} [1, n_local_heads, positions, head_dim] (a slot of the cache)
+        outputs  hidden [1, dim] (before the final norm), present_k{l} / present_v{l}: bound to the same
+                 buffers as the past, the kernel then writes only the new position's keys and values
+
+    A block is ~10 nodes instead of ~65, and the cache is neither fed per head nor written back by the
+    caller.
+    """
+    c = model.config
+    g = GraphBuilder(accuracy_level, int4)
+    rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
+    cos, sin = g.constant(rotations.real.numpy()), g.constant(rotations.imag.numpy())
+    tensor = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("x", tensor, [1, c.dim]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [1]),
+    ]
+    presents = []
+    x = "x"
+    for index, block in enumerate(model.layers):
+        qkv = g.reshape(g.linear(g.rms_norm(x, block.attention_norm), block.attention.wqkv), 1, 1, -1)
+        past = [f"past_k{index}", f"past_v{index}"]
+        inputs += [
+            helper.make_tensor_value_info(name, tensor, [1, c.n_local_heads, "positions", c.head_dim])
+            for name in past
+        ]
+        attended, *present = g.outputs(
+            "GroupQueryAttention",
+            [qkv, "", "", *past, "seqlens_k", "total_sequence_length", cos, sin],  # q, k, v packed
+            3,
+            domain="com.microsoft",
+            names=[f"attended{index}", f"present_k{index}", f"present_v{index}"],
+            num_heads=c.n_head,
+            kv_num_heads=c.n_local_heads,
+            scale=c.head_dim**-0.5,
+            do_rotary=1,
+            rotary_interleaved=1,
+        )
+        presents += present
+        x = g.block_output(x, g.reshape(attended, 1, -1), block)
+    hidden = g.node("Identity", [x], name="hidden")
+    return g.model("slow_decode", inputs, [hidden, *presents])
 
 
 def block_graphs(
@@ -200,7 +209,7 @@ class OnnxSlowTransformer:
         c = model.config
         threads = threads or torch.get_num_threads()
         int4: Int4Weights = {}  # both forms, each layer quantized once
-        self.decoder = cpu_session(slow_graph(model, accuracy_level, decode=True, int4=int4), threads=1)
+        self.decoder = cpu_session(slow_decode_graph(model, accuracy_level, int4=int4), threads=1)
         prompts = slow_graph(model, accuracy_level, int4=int4, int8_weights=int8_prompts)
         self.prefiller = cpu_session(prompts, threads=threads)
         self.rows = RowRunner(threads)
@@ -208,15 +217,43 @@ class OnnxSlowTransformer:
         self._cos = rotations.real.numpy()  # [max_seq_len, head_dim / 2]
         self._sin = rotations.imag.numpy()
         self._layers = c.n_layer
-        self._kv_heads, self._head_dim = c.n_local_heads, c.head_dim
+        self._kv_heads, self._head_dim, self._dim = c.n_local_heads, c.head_dim, c.dim
         self._k: list[np.ndarray] = []  # per layer: [slots, n_local_heads, positions, head_dim]
         self._v: list[np.ndarray] = []
+        # per slot: the decoder's bindings of that slot's cache (past and present alike) and hidden output
+        self._bindings: dict[int, tuple[ort.IOBinding, np.ndarray]] = {}
 
     def allocate(self, num_slots: int, max_seq_len: int) -> None:
         """Room for `num_slots` rows of `max_seq_len` positions (called by `DualARTransformer.setup_caches`)."""
         shape = (num_slots, self._kv_heads, max_seq_len, self._head_dim)
         self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
         self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
+        self._bindings = {}
+
+    def _decode_binding(self, slot: int) -> tuple[ort.IOBinding, np.ndarray]:
+        """The decoder's bindings for `slot`: each layer's cache rows of the slot as both its past and its
+        present (`slow_decode_graph`), and the array the hidden state lands in. Made once per slot."""
+        if slot not in self._bindings:
+            binding = self.decoder.io_binding()
+            for index in range(self._layers):
+                for name, cache in (("k", self._k), ("v", self._v)):
+                    rows = ort.OrtValue.ortvalue_from_numpy(cache[index][slot : slot + 1])  # no copy
+                    binding.bind_ortvalue_input(f"past_{name}{index}", rows)
+                    binding.bind_ortvalue_output(f"present_{name}{index}", rows)
+            hidden = np.zeros((1, self._dim), dtype=np.float32)
+            binding.bind_ortvalue_output("hidden", ort.OrtValue.ortvalue_from_numpy(hidden))
+            self._bindings[slot] = (binding, hidden)
+        return self._bindings[slot]
+
+    def _decode(self, x: np.ndarray, slot: int, position: int) -> np.ndarray:
+        """One new position `x [1, dim]` of `slot`: its keys and values land in the cache, its hidden state
+        `[1, dim]` is returned."""
+        binding, hidden = self._decode_binding(slot)
+        binding.bind_cpu_input("x", x)
+        binding.bind_cpu_input("seqlens_k", np.array([position], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array([position + 1], dtype=np.int32))
+        self.decoder.run_with_iobinding(binding)
+        return hidden.copy()
 
     def __call__(self, x: Tensor, input_pos: Tensor, slots: Tensor) -> Tensor:
         """The hidden state `[B, dim]` (float32) of the last new position of each row.
@@ -232,35 +269,32 @@ class OnnxSlowTransformer:
         for row, (_, start, end) in enumerate(rows):
             if end - start != length - 1:
                 raise ValueError(f"row {row}: the new positions must be consecutive, got {start}..{end}")
-        # a prompt runs on every thread; decoded rows on one each, several at once
-        session, runner = (self.decoder, self.rows) if length == 1 else (self.prefiller, None)
+        if length == 1:  # decoded rows on one thread each, several at once
+            return torch.from_numpy(
+                np.concatenate(
+                    self.rows.map(lambda row: self._decode(inputs[row], *rows[row][:2]), len(rows))
+                )
+            )
 
-        def run_row(row: int) -> np.ndarray:
+        def prompt_row(row: int) -> np.ndarray:  # on every thread; the past position-major (a copy)
             slot, start, end = rows[row]
             angles = slice(start, end + 1)
             feed = {
                 "x": inputs[row],
                 "cos": self._cos[angles].reshape(length, 1, -1, 1),
                 "sin": self._sin[angles].reshape(length, 1, -1, 1),
+                "mask": causal_mask(start, length),
             }
-            if length == 1:  # each head's past read in place: rows of the head-major cache
-                for index in range(self._layers):
-                    for head in range(self._kv_heads):
-                        feed[f"past_k{index}_{head}"] = self._k[index][slot, head, :start]
-                        feed[f"past_v{index}_{head}"] = self._v[index][slot, head, :start]
-            else:  # a prompt: the past position-major (a copy; prompts are few and long)
-                feed["mask"] = causal_mask(start, length)
-                for index in range(self._layers):
-                    for name, cache in ((f"past_k{index}", self._k), (f"past_v{index}", self._v)):
-                        feed[name] = np.ascontiguousarray(cache[index][slot, :, :start].transpose(1, 0, 2))
-            row_hidden, *entries = session.run(None, feed)
+            for index in range(self._layers):
+                for name, cache in ((f"past_k{index}", self._k), (f"past_v{index}", self._v)):
+                    feed[name] = np.ascontiguousarray(cache[index][slot, :, :start].transpose(1, 0, 2))
+            row_hidden, *entries = self.prefiller.run(None, feed)
             for index in range(self._layers):
                 self._k[index][slot, :, angles] = entries[2 * index].transpose(1, 0, 2)
                 self._v[index][slot, :, angles] = entries[2 * index + 1].transpose(1, 0, 2)
             return row_hidden
 
-        hidden = runner.map(run_row, len(rows)) if runner else [run_row(row) for row in range(len(rows))]
-        return torch.from_numpy(np.concatenate(hidden))
+        return torch.from_numpy(np.concatenate([prompt_row(row) for row in range(len(rows))]))
 
     def export_prefix(self, slot: int, length: int) -> list[Tensor]:
         """Copies of `slot`'s keys/values at positions `0..length-1`: [k0, v0, k1, v1, ...], each
