@@ -3,8 +3,9 @@
 A frame runs the fast transformer once per codebook position (8 times) over a handful of rows; on a CPU
 each run is mostly int4 matmuls. onnxruntime's `MatMulNBits` multiplies int4 weights by activations it
 quantizes to int8 per block (accuracy level 4, VNNI) ~1.4x faster than PyTorch's int4 kernel, and runs the
-~150 small ops of a position with less overhead, one thread per row: the frame costs less wall time and
-far less CPU, which the codec sharing the machine gets back.
+small ops of a position (a layer's attention is one `GroupQueryAttention` node) with less overhead, one
+thread per row: the frame costs less wall time and far less CPU, which the codec sharing the machine gets
+back.
 
 Each codebook position k has its own graph (its RoPE angle and its past length are constants):
 
@@ -18,7 +19,8 @@ A frame's 8 positions and the draws of codebooks 1..7 also run as ONE graph (`fa
 drawn there as `sampling.sample_with_noise` draws it (the row's Exp(1) noise is drawn ahead from its torch
 generator, in the same order) and embedded as the next input. The generation loop takes that path whenever
 the runtime is attached (`DualARTransformer.frame_sampler`): one run per row instead of 8, and none of the
-~10 PyTorch ops of each draw; a one-stream step 38.8 → 33.7 ms. The codes are the per-position path's
+~10 PyTorch ops of each draw; a one-stream step 38.8 → 33.7 ms (per-node attention; its
+`GroupQueryAttention` nodes then took a frame 17.5–17.9 → 16.0 ms). The codes are the per-position path's
 (tested, seeded sampling included).
 
 The weights are the int4 grid of `quantization.quantize_int4`, the one PyTorch's int4 lever uses. The
@@ -91,7 +93,7 @@ def fast_position_graph(
         past = [(f"past_k{index}", f"past_v{index}") for index in range(c.n_fast_layer)]
         shape = ["batch", c.fast_n_local_heads, pos, c.fast_head_dim]
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for pair in past for n in pair]
-    x, entries, _ = _position(g, weights, "x", pos, past, names=True)
+    x, entries, _ = _position(g, weights, "x", pos, past, entries=True)
     logits = g.linear(g.rms_norm(x, weights.norm), weights.output)
     return g.model(f"fast_position_{pos}", inputs, [logits, *entries])
 
@@ -145,41 +147,46 @@ def _position(
     x: str,
     pos: int,
     past: list[tuple[str, str]] | None,
-    names: bool = False,
+    entries: bool = False,
 ) -> tuple[str, list[str], list[tuple[str, str]]]:
     """Fast position `pos` over rows `x`, attending over `past` (each layer's keys and values `[B, KV, pos,
-    D]`). Returns the blocks' output, the position's own keys and values [k0, v0, ...] (named k{l} / v{l}
-    with `names`) and each layer's keys and values through this position."""
+    D]`). Returns the blocks' output, with `entries` the position's own keys and values [k0, v0, ...]
+    (named k{l} / v{l}, `[B, KV, 1, D]`), and each layer's keys and values through this position.
+
+    Each block's attention is onnxruntime's `GroupQueryAttention` (RoPE of interleaved pairs from the
+    model's table, query head h on KV head h // group as `repeat_interleave` orders them)."""
     c = weights.config
     heads, kv_heads, head_dim = c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim
-    rotated = heads + kv_heads  # q and k heads, rotated together
-    rotation = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))[pos]
-    cos = g.floats(rotation.real.reshape(-1, 1))  # [D/2, 1]: broadcast over the pair axis
-    sin = g.floats(rotation.imag.reshape(-1, 1))
-    scale = g.floats(head_dim**-0.5)
-    entries, through = [], []
+    rotations = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))
+    cos, sin = g.floats(rotations.real), g.floats(rotations.imag)  # [K, D/2]
+    # every row at the same position: `pos` keys before it, pos + 1 with it
+    seqlens = g.node("Expand", [g.constant(np.array([pos], np.int32)), g.node("Shape", [x], end=1)])
+    total = g.constant(np.array([pos + 1], np.int32))
+    own, through = [], []
     for index, block in enumerate(weights.layers):
-        qk, v_flat = g.attention_input(x, block, cos, sin)
-        q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, heads // kv_heads, head_dim)
-        k = g.node(
-            "Reshape",
-            [g.slice(qk, heads, rotated, 1), g.ints(-1, kv_heads, 1, head_dim)],
-            name=f"k{index}" if names else None,
+        qkv = g.node(
+            "Unsqueeze", [g.linear(g.rms_norm(x, block.attention_norm), block.attention.wqkv), g.ints(1)]
         )
-        v = g.node(
-            "Reshape", [v_flat, g.ints(-1, kv_heads, 1, head_dim)], name=f"v{index}" if names else None
+        past_k, past_v = past[index] if past is not None else ("", "")
+        attended, keys, values = g.outputs(
+            "GroupQueryAttention",
+            [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],  # q, k, v packed
+            3,
+            domain="com.microsoft",
+            num_heads=heads,
+            kv_num_heads=kv_heads,
+            scale=head_dim**-0.5,
+            do_rotary=1,
+            rotary_interleaved=1,
         )
-        entries += [k, v]
-        keys, values = k, v
-        if past is not None:
-            keys = g.node("Concat", [past[index][0], k], axis=2)
-            values = g.node("Concat", [past[index][1], v], axis=2)
         through.append((keys, values))
-        # GQA decode: the query heads sharing a KV head attend as rows of it (repeat_interleave order)
-        scores = g.node("Mul", [g.node("MatMul", [q, g.node("Transpose", [keys], perm=[0, 1, 3, 2])]), scale])
-        attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])
+        if entries:
+            own += [
+                g.node("Slice", [cache, g.ints(pos), g.ints(pos + 1), g.ints(2)], name=f"{kind}{index}")
+                for kind, cache in (("k", keys), ("v", values))
+            ]
         x = g.block_output(x, g.reshape(attended, -1, heads * head_dim), block)
-    return x, entries, through
+    return x, own, through
 
 
 def _sample(g: GraphBuilder, logits: str, window: str, noise: str, params: list[str], width: int) -> str:
