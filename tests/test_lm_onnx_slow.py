@@ -14,7 +14,7 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.levers import LmLevers
-from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer, causal_mask
+from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.lm.quantization import quantize_linear_layers
 from fish_speech_triton.lm.static_decode import StaticDecoder
@@ -43,16 +43,6 @@ def slow(model, tokens: torch.Tensor, start: int, slots: list[int]) -> tuple[tor
     positions = torch.arange(start, start + tokens.shape[-1]).expand(tokens.shape[0], -1)
     with torch.inference_mode():
         return model.forward_slow(tokens, positions, torch.tensor(slots))
-
-
-def test_causal_mask_lets_each_new_position_see_the_past_and_itself():
-    mask = causal_mask(2, 3)
-    assert mask.shape == (3, 5) and mask.dtype == np.float32
-    assert np.isneginf(mask).tolist() == [
-        [False, False, False, True, True],
-        [False, False, False, False, True],
-        [False, False, False, False, False],
-    ]
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

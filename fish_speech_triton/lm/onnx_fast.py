@@ -48,8 +48,6 @@ from fish_speech_triton.lm.model import (
     DualARTransformer,
     RMSNorm,
     TransformerBlock,
-    rope_rotations,
-    rope_table,
 )
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
@@ -153,39 +151,23 @@ def _position(
     D]`). Returns the blocks' output, with `entries` the position's own keys and values [k0, v0, ...]
     (named k{l} / v{l}, `[B, KV, 1, D]`), and each layer's keys and values through this position.
 
-    Each block's attention is onnxruntime's `GroupQueryAttention` (RoPE of interleaved pairs from the
-    model's table, query head h on KV head h // group as `repeat_interleave` orders them)."""
+    Each block's attention is onnxruntime's `GroupQueryAttention` (`GraphBuilder.attention`)."""
     c = weights.config
-    heads, kv_heads, head_dim = c.fast_n_head, c.fast_n_local_heads, c.fast_head_dim
-    rotations = rope_rotations(rope_table(c.num_codebooks, head_dim, c.rope_base))
-    cos, sin = g.floats(rotations.real), g.floats(rotations.imag)  # [K, D/2]
+    rope = g.rope(c.num_codebooks, c.fast_head_dim, c.rope_base)
     # every row at the same position: `pos` keys before it, pos + 1 with it
     seqlens = g.node("Expand", [g.constant(np.array([pos], np.int32)), g.node("Shape", [x], end=1)])
-    total = g.constant(np.array([pos + 1], np.int32))
+    lengths = (seqlens, g.constant(np.array([pos + 1], np.int32)))
     own, through = [], []
     for index, block in enumerate(weights.layers):
-        qkv = g.node(
-            "Unsqueeze", [g.linear(g.rms_norm(x, block.attention_norm), block.attention.wqkv), g.ints(1)]
-        )
-        past_k, past_v = past[index] if past is not None else ("", "")
-        attended, keys, values = g.outputs(
-            "GroupQueryAttention",
-            [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],  # q, k, v packed
-            3,
-            domain="com.microsoft",
-            num_heads=heads,
-            kv_num_heads=kv_heads,
-            scale=head_dim**-0.5,
-            do_rotary=1,
-            rotary_interleaved=1,
-        )
+        layer_past = past[index] if past is not None else ("", "")
+        attended, keys, values = g.attention(x, block, layer_past, lengths, rope, one_sequence=False)
         through.append((keys, values))
         if entries:
             own += [
                 g.node("Slice", [cache, g.ints(pos), g.ints(pos + 1), g.ints(2)], name=f"{kind}{index}")
                 for kind, cache in (("k", keys), ("v", values))
             ]
-        x = g.block_output(x, g.reshape(attended, -1, heads * head_dim), block)
+        x = g.block_output(x, attended, block)
     return x, own, through
 
 

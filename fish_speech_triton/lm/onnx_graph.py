@@ -15,7 +15,7 @@ from onnx import NodeProto, TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import RMSNorm, TransformerBlock
+from fish_speech_triton.lm.model import RMSNorm, TransformerBlock, rope_rotations, rope_table
 from fish_speech_triton.lm.quantization import int4_group_size, quantize_int4, quantize_int8
 
 T = TypeVar("T")
@@ -63,6 +63,7 @@ class GraphBuilder:
         # an input -> its int8 rows (shifted by 128) and their scales
         self._int8_rows: dict[str, tuple[str, str]] = {}
         self._linear_inputs: dict[nn.Module, list[str]] = {}  # a layer's MatMulNBits constants
+        self._ropes: dict[tuple[int, int, float], tuple[str, str]] = {}
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._count = 0
@@ -108,9 +109,6 @@ class GraphBuilder:
         names = names or [self._name(op) for _ in range(count)]
         self.nodes.append(helper.make_node(op, inputs, names, domain=domain, **attrs))
         return names
-
-    def slice(self, x: str, start: int, end: int, axis: int) -> str:
-        return self.node("Slice", [x, self.ints(start), self.ints(end), self.ints(axis)])
 
     def reshape(self, x: str, *shape: int) -> str:
         return self.node("Reshape", [x, self.ints(*shape)])
@@ -175,23 +173,57 @@ class GraphBuilder:
         root = self.node("Sqrt", [self.node("Add", [mean, self.floats(norm.eps)])])
         return self.node("Mul", [self.node("Div", [x, root]), self.floats(norm.weight)])
 
-    def attention_input(self, x: str, block: TransformerBlock, cos: str, sin: str) -> tuple[str, str]:
-        """A block's `wqkv(attention_norm(x))` for rows `x [M, dim]`, RoPE applied to its q and k heads.
+    def rope(self, num_positions: int, head_dim: int, base: float) -> tuple[str, str]:
+        """The model's RoPE table (`rope_table`) as `attention`'s cos / sin caches `[positions, head_dim / 2]`
+        (one copy per graph)."""
+        key = (num_positions, head_dim, base)
+        if key not in self._ropes:
+            rotations = rope_rotations(rope_table(num_positions, head_dim, base))
+            self._ropes[key] = (self.constant(rotations.real.numpy()), self.constant(rotations.imag.numpy()))
+        return self._ropes[key]
 
-        `cos` / `sin` broadcast to `[M, heads, head_dim / 2, 1]`. Returns the rotated q and k heads
-        `[M, H + KV, D]` and the flat v `[M, KV D]`.
+    def attention(
+        self,
+        x: str,
+        block: TransformerBlock,
+        past: tuple[str, str],
+        lengths: tuple[str, str],
+        rope: tuple[str, str],
+        one_sequence: bool,
+        names: list[str] | None = None,
+    ) -> list[str]:
+        """A block's attention of rows `x` up to its output projection, as onnxruntime's `GroupQueryAttention`:
+        RoPE of interleaved pairs from the model's table (`rope`), query head h on KV head h // group as
+        `repeat_interleave` orders them, causal among the new positions, one softmax over past and new.
+
+        `x`: `[T, dim]`, T new positions of one sequence (`one_sequence`), or `[B, dim]`, one new position
+        of B sequences. `past`: keys and values `[sequences, KV, positions, D]` ("" for none); `lengths`:
+        `seqlens_k [sequences]` int32 (keys before the last new position) and `total_sequence_length [1]`
+        int32. Returns the attended rows `[rows, H D]` and the present keys and values (`names`: their
+        three names).
         """
         attention = block.attention
-        heads, kv_heads, head_dim = attention.n_head, attention.n_local_heads, attention.head_dim
-        rotated = heads + kv_heads  # q and k heads, rotated together
         qkv = self.linear(self.rms_norm(x, block.attention_norm), attention.wqkv)
-        pairs = self.reshape(self.slice(qkv, 0, rotated * head_dim, 1), -1, rotated, head_dim // 2, 2)
-        x0, x1 = self.slice(pairs, 0, 1, 3), self.slice(pairs, 1, 2, 3)
-        real = self.node("Sub", [self.node("Mul", [x0, cos]), self.node("Mul", [x1, sin])])
-        imag = self.node("Add", [self.node("Mul", [x1, cos]), self.node("Mul", [x0, sin])])
-        qk = self.reshape(self.node("Concat", [real, imag], axis=3), -1, rotated, head_dim)
-        v = self.slice(qkv, rotated * head_dim, (rotated + kv_heads) * head_dim, 1)
-        return qk, v
+        attended, keys, values = self.outputs(
+            "GroupQueryAttention",
+            [
+                self.node("Unsqueeze", [qkv, self.ints(0 if one_sequence else 1)]),
+                "",
+                "",
+                *past,
+                *lengths,
+                *rope,
+            ],
+            3,
+            domain="com.microsoft",
+            names=names,
+            num_heads=attention.n_head,
+            kv_num_heads=attention.n_local_heads,
+            scale=attention.head_dim**-0.5,
+            do_rotary=1,
+            rotary_interleaved=1,
+        )  # q, k and v packed in one input
+        return [self.reshape(attended, -1, attention.n_head * attention.head_dim), keys, values]
 
     def block_output(self, x: str, attended: str, block: TransformerBlock, name: str | None = None) -> str:
         """What a block adds after its attention: `x + wo(attended)`, then the feed-forward residual."""

@@ -5,26 +5,19 @@ Decoding, a step's slow pass is 24 blocks of int4 matmuls over one row plus ~600
 runs the whole pass on ONE core in ~12 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
 cost), which leaves the other cores to the LM's neighbours: the codec, other requests.
 
-A prompt (any number of new positions T after L cached ones, one row) runs `slow_graph`:
-
-    inputs   x [T, dim] (embedded tokens), cos / sin [T, 1, head_dim / 2, 1] (RoPE of the T positions),
-             mask [T, L + T] (0 where a query may attend, -inf elsewhere: causal among the new positions),
-             past_k{l} / past_v{l} [L, n_local_heads, head_dim] for every slow layer l
-    outputs  hidden [1, dim] (the last position, before the final norm), then k{l} / v{l}
-             [T, n_local_heads, head_dim] (rotated keys and values of the new positions)
-
-The runtime keeps the KV cache itself (float32, `[slots, n_local_heads, positions, head_dim]` per layer). A
-decoded position runs `slow_decode_graph`, whose attention is onnxruntime's `GroupQueryAttention` bound to
-the slot's cache rows as both its past and its present: the kernel reads the past in place and writes only
-the new position, and the caller neither feeds the cache nor writes it back (a slow pass at 300 cached
-positions 17.2–17.5 → 13.9–14.7 ms against a graph of per-head attention nodes fed the past every step).
-Decoding runs on one thread; prompts (T > 1, compute-bound GEMMs) on a second session with every thread,
-whose linears multiply int8 weights (the float weights per output channel) by int8 rows on onnxruntime's
-int8 GEMM: a 300-position prompt (a 10 s reference) takes ~0.42 s instead of ~0.71 s with the int4
-weights, and its keys and values are several times closer to the float model's. Each row is its own run (a
-batch's rows side by side on `RowRunner`'s threads), so a row's numbers never depend on its batch. The
-final norm and the token head stay in PyTorch. With `accuracy_level=0` (float activations) both graphs
-reproduce the PyTorch blocks on the dequantized weights (tests).
+The runtime keeps the KV cache itself (float32, `[slots, n_local_heads, positions, head_dim]` per layer).
+Every run, a prompt's T positions or a decoded one, is `slow_graph` over one row, whose attention is
+onnxruntime's `GroupQueryAttention` with the slot's cache rows bound (IO binding) as both its past and its
+present: the kernel reads the past in place and writes only the new positions, and the caller neither feeds
+the cache nor writes it back. (Against a graph of per-head attention nodes fed the past every step: a slow
+pass at 300 cached positions 17.2–17.5 → 13.9–14.7 ms, a 300-position prompt 420 → ~400 ms, 32 positions
+after 300 cached 65–91 → 60 ms.) Decoding runs on one thread; prompts (T > 1, compute-bound GEMMs) on a
+second session with every thread, whose linears multiply int8 weights (the float weights per output
+channel) by int8 rows on onnxruntime's int8 GEMM: a 300-position prompt (a 10 s reference) takes ~0.39 s
+instead of ~0.71 s with the int4 weights, and its keys and values are several times closer to the float
+model's. Each row is its own run (a batch's rows side by side on `RowRunner`'s threads), so a row's numbers
+never depend on its batch. The final norm and the token head stay in PyTorch. With `accuracy_level=0`
+(float activations) the graphs reproduce the PyTorch blocks on the dequantized weights (tests).
 
 That is the latency form (`slow_transformer_runtime onnxruntime`): a batch of B rows reads the weights B
 times. The throughput form (`onnxruntime-batched`, `OnnxSlowBlocks`) multiplies a step's rows together in
@@ -43,8 +36,6 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import (
     DualARTransformer,
     SlowAttention,
-    rope_rotations,
-    rope_table,
 )
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
@@ -62,102 +53,41 @@ def slow_graph(
     int4: Int4Weights | None = None,
     int8_weights: bool = False,
 ) -> bytes:
-    """The serialized ONNX model of the slow transformer's blocks over any number of new positions (the
-    prompt form, see the module docstring). `int4`: quantized weights shared with the decode form's build;
-    `int8_weights`: int8 weights and rows instead of int4 (`GraphBuilder`).
+    """The serialized ONNX model of the slow blocks over T new positions of one row, updating its KV cache in
+    place (see the module docstring). `int4`: quantized weights shared with another build of the same
+    layers; `int8_weights`: int8 weights and rows instead of int4 (`GraphBuilder`).
+
+    Each block's attention is onnxruntime's `GroupQueryAttention` (`GraphBuilder.attention`).
+
+        inputs   x [T, dim] (embedded tokens), seqlens_k [1] int32 (L + T - 1, L positions cached before),
+                 total_sequence_length [1] int32 (L + T),
+                 past_k{l} / past_v{l} [1, n_local_heads, positions, head_dim] (a slot of the cache)
+        outputs  hidden [1, dim] (the last position, before the final norm), present_k{l} / present_v{l}:
+                 bound to the same buffers as the past, the kernel writes only the new positions
     """
     c = model.config
-    heads, kv_heads, head_dim = c.n_head, c.n_local_heads, c.head_dim
-    group = heads // kv_heads
-    rotated = heads + kv_heads  # q and k heads, rotated together
     g = GraphBuilder(accuracy_level, int4, int8_weights)
-    scale = head_dim**-0.5
+    rope = g.rope(c.max_seq_len, c.head_dim, c.rope_base)
+    lengths = ("seqlens_k", "total_sequence_length")
     tensor = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("x", tensor, ["new", c.dim]),
-        helper.make_tensor_value_info("cos", tensor, ["new", 1, head_dim // 2, 1]),
-        helper.make_tensor_value_info("sin", tensor, ["new", 1, head_dim // 2, 1]),
-        helper.make_tensor_value_info("mask", tensor, ["new", "keys"]),
-    ]
-    cache_outputs = []
-    x = "x"
-    for index, block in enumerate(model.layers):
-        qk, v_flat = g.attention_input(x, block, "cos", "sin")
-        k = g.node("Identity", [g.slice(qk, heads, rotated, 1)], name=f"k{index}")  # [T, KV, D]
-        v = g.node("Reshape", [v_flat, g.ints(-1, kv_heads, head_dim)], name=f"v{index}")
-        cache_outputs += [k, v]
-        # GQA: the query heads sharing a KV head (repeat_interleave order) attend as rows of it
-        q = g.reshape(g.slice(qk, 0, heads, 1), -1, kv_heads, group, head_dim)
-        q = g.node("Transpose", [q], perm=[1, 2, 0, 3])  # [KV, G, T, D]
-        names = [f"past_k{index}", f"past_v{index}"]
-        inputs += [
-            helper.make_tensor_value_info(name, tensor, ["past", kv_heads, head_dim]) for name in names
-        ]
-        keys = g.node("Transpose", [g.node("Concat", [names[0], k], axis=0)], perm=[1, 2, 0])  # [KV, D, K]
-        values = g.node("Transpose", [g.node("Concat", [names[1], v], axis=0)], perm=[1, 0, 2])  # [KV, K, D]
-        keys = g.reshape(keys, kv_heads, 1, head_dim, -1)
-        values = g.reshape(values, kv_heads, 1, -1, head_dim)
-        scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, keys]), g.floats(scale)]), "mask"])
-        attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), values])  # [KV, G, T, D]
-        attended = g.reshape(g.node("Transpose", [attended], perm=[2, 0, 1, 3]), -1, heads * head_dim)
-        x = g.block_output(x, attended, block)
-    hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
-    return g.model("slow_transformer", inputs, [hidden, *cache_outputs])
-
-
-def slow_decode_graph(
-    model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, int4: Int4Weights | None = None
-) -> bytes:
-    """The serialized ONNX model of the slow blocks over ONE new position that updates the KV cache in place.
-
-    Each block's attention is onnxruntime's `GroupQueryAttention` (RoPE of interleaved pairs from the
-    model's table, query head h on KV head h // group as `repeat_interleave` orders them, one softmax over
-    the past and the new position):
-
-        inputs   x [1, dim], seqlens_k [1] int32 (the position: keys already cached),
-                 total_sequence_length [1] int32 (position + 1),
-                 past_k{l} / past_v{l} [1, n_local_heads, positions, head_dim] (a slot of the cache)
-        outputs  hidden [1, dim] (before the final norm), present_k{l} / present_v{l}: bound to the same
-                 buffers as the past, the kernel then writes only the new position's keys and values
-
-    A block is ~10 nodes instead of ~65, and the cache is neither fed per head nor written back by the
-    caller.
-    """
-    c = model.config
-    g = GraphBuilder(accuracy_level, int4)
-    rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
-    cos, sin = g.constant(rotations.real.numpy()), g.constant(rotations.imag.numpy())
-    tensor = TensorProto.FLOAT
-    inputs = [
-        helper.make_tensor_value_info("x", tensor, [1, c.dim]),
-        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
-        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [1]),
+        *[helper.make_tensor_value_info(name, TensorProto.INT32, [1]) for name in lengths],
     ]
     presents = []
     x = "x"
     for index, block in enumerate(model.layers):
-        qkv = g.reshape(g.linear(g.rms_norm(x, block.attention_norm), block.attention.wqkv), 1, 1, -1)
-        past = [f"past_k{index}", f"past_v{index}"]
+        past = (f"past_k{index}", f"past_v{index}")
         inputs += [
             helper.make_tensor_value_info(name, tensor, [1, c.n_local_heads, "positions", c.head_dim])
             for name in past
         ]
-        attended, *present = g.outputs(
-            "GroupQueryAttention",
-            [qkv, "", "", *past, "seqlens_k", "total_sequence_length", cos, sin],  # q, k, v packed
-            3,
-            domain="com.microsoft",
-            names=[f"attended{index}", f"present_k{index}", f"present_v{index}"],
-            num_heads=c.n_head,
-            kv_num_heads=c.n_local_heads,
-            scale=c.head_dim**-0.5,
-            do_rotary=1,
-            rotary_interleaved=1,
-        )
+        names = [f"attended{index}", f"present_k{index}", f"present_v{index}"]
+        attended, *present = g.attention(x, block, past, lengths, rope, one_sequence=True, names=names)
         presents += present
-        x = g.block_output(x, g.reshape(attended, 1, -1), block)
-    hidden = g.node("Identity", [x], name="hidden")
-    return g.model("slow_decode", inputs, [hidden, *presents])
+        x = g.block_output(x, attended, block)
+    hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
+    return g.model("slow_transformer", inputs, [hidden, *presents])
 
 
 def block_graphs(
@@ -208,33 +138,32 @@ class OnnxSlowTransformer:
             raise InputError("the onnxruntime slow transformer runs on CPU only")
         c = model.config
         threads = threads or torch.get_num_threads()
-        int4: Int4Weights = {}  # both forms, each layer quantized once
-        self.decoder = cpu_session(slow_decode_graph(model, accuracy_level, int4=int4), threads=1)
-        prompts = slow_graph(model, accuracy_level, int4=int4, int8_weights=int8_prompts)
-        self.prefiller = cpu_session(prompts, threads=threads)
+        int4: Int4Weights = {}  # both sessions, each layer quantized once
+        self.decoder = cpu_session(slow_graph(model, accuracy_level, int4), threads=1)
+        self.prefiller = cpu_session(slow_graph(model, accuracy_level, int4, int8_prompts), threads=threads)
         self.rows = RowRunner(threads)
-        rotations = rope_rotations(rope_table(c.max_seq_len, c.head_dim, c.rope_base))
-        self._cos = rotations.real.numpy()  # [max_seq_len, head_dim / 2]
-        self._sin = rotations.imag.numpy()
         self._layers = c.n_layer
-        self._kv_heads, self._head_dim, self._dim = c.n_local_heads, c.head_dim, c.dim
+        self._cache_shape = (c.n_local_heads, c.head_dim)
+        self._dim = c.dim
         self._k: list[np.ndarray] = []  # per layer: [slots, n_local_heads, positions, head_dim]
         self._v: list[np.ndarray] = []
-        # per slot: the decoder's bindings of that slot's cache (past and present alike) and hidden output
-        self._bindings: dict[int, tuple[ort.IOBinding, np.ndarray]] = {}
+        # (prompt?, slot) -> that session's bindings of the slot's cache and the hidden state's array
+        self._bindings: dict[tuple[bool, int], tuple[ort.IOBinding, np.ndarray]] = {}
 
     def allocate(self, num_slots: int, max_seq_len: int) -> None:
         """Room for `num_slots` rows of `max_seq_len` positions (called by `DualARTransformer.setup_caches`)."""
-        shape = (num_slots, self._kv_heads, max_seq_len, self._head_dim)
+        heads, head_dim = self._cache_shape
+        shape = (num_slots, heads, max_seq_len, head_dim)
         self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
         self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
         self._bindings = {}
 
-    def _decode_binding(self, slot: int) -> tuple[ort.IOBinding, np.ndarray]:
-        """The decoder's bindings for `slot`: each layer's cache rows of the slot as both its past and its
-        present (`slow_decode_graph`), and the array the hidden state lands in. Made once per slot."""
-        if slot not in self._bindings:
-            binding = self.decoder.io_binding()
+    def _binding(self, prompt: bool, slot: int) -> tuple[ort.IOBinding, np.ndarray]:
+        """The prompt or decode session's bindings for `slot`: each layer's cache rows of the slot as both
+        its past and its present (`slow_graph`), and the array the hidden state lands in. Made once."""
+        key = (prompt, slot)
+        if key not in self._bindings:
+            binding = (self.prefiller if prompt else self.decoder).io_binding()
             for index in range(self._layers):
                 for name, cache in (("k", self._k), ("v", self._v)):
                     rows = ort.OrtValue.ortvalue_from_numpy(cache[index][slot : slot + 1])  # no copy
@@ -242,17 +171,19 @@ class OnnxSlowTransformer:
                     binding.bind_ortvalue_output(f"present_{name}{index}", rows)
             hidden = np.zeros((1, self._dim), dtype=np.float32)
             binding.bind_ortvalue_output("hidden", ort.OrtValue.ortvalue_from_numpy(hidden))
-            self._bindings[slot] = (binding, hidden)
-        return self._bindings[slot]
+            self._bindings[key] = (binding, hidden)
+        return self._bindings[key]
 
-    def _decode(self, x: np.ndarray, slot: int, position: int) -> np.ndarray:
-        """One new position `x [1, dim]` of `slot`: its keys and values land in the cache, its hidden state
-        `[1, dim]` is returned."""
-        binding, hidden = self._decode_binding(slot)
+    def _run(self, x: np.ndarray, slot: int, start: int) -> np.ndarray:
+        """New positions `x [T, dim]` of `slot` from position `start`: their keys and values land in the
+        cache, the last one's hidden state `[1, dim]` is returned."""
+        prompt = x.shape[0] > 1
+        binding, hidden = self._binding(prompt, slot)
         binding.bind_cpu_input("x", x)
-        binding.bind_cpu_input("seqlens_k", np.array([position], dtype=np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array([position + 1], dtype=np.int32))
-        self.decoder.run_with_iobinding(binding)
+        total = start + x.shape[0]
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array([total], dtype=np.int32))
+        (self.prefiller if prompt else self.decoder).run_with_iobinding(binding)
         return hidden.copy()
 
     def __call__(self, x: Tensor, input_pos: Tensor, slots: Tensor) -> Tensor:
@@ -265,36 +196,18 @@ class OnnxSlowTransformer:
             raise RuntimeError("the slow transformer's cache is not allocated: call setup_caches()")
         inputs = x.detach().to(torch.float32).numpy()
         rows = list(zip(slots.tolist(), input_pos[:, 0].tolist(), input_pos[:, -1].tolist(), strict=True))
-        length = x.shape[1]
         for row, (_, start, end) in enumerate(rows):
-            if end - start != length - 1:
+            if end - start != x.shape[1] - 1:
                 raise ValueError(f"row {row}: the new positions must be consecutive, got {start}..{end}")
-        if length == 1:  # decoded rows on one thread each, several at once
-            return torch.from_numpy(
-                np.concatenate(
-                    self.rows.map(lambda row: self._decode(inputs[row], *rows[row][:2]), len(rows))
-                )
-            )
 
-        def prompt_row(row: int) -> np.ndarray:  # on every thread; the past position-major (a copy)
-            slot, start, end = rows[row]
-            angles = slice(start, end + 1)
-            feed = {
-                "x": inputs[row],
-                "cos": self._cos[angles].reshape(length, 1, -1, 1),
-                "sin": self._sin[angles].reshape(length, 1, -1, 1),
-                "mask": causal_mask(start, length),
-            }
-            for index in range(self._layers):
-                for name, cache in ((f"past_k{index}", self._k), (f"past_v{index}", self._v)):
-                    feed[name] = np.ascontiguousarray(cache[index][slot, :, :start].transpose(1, 0, 2))
-            row_hidden, *entries = self.prefiller.run(None, feed)
-            for index in range(self._layers):
-                self._k[index][slot, :, angles] = entries[2 * index].transpose(1, 0, 2)
-                self._v[index][slot, :, angles] = entries[2 * index + 1].transpose(1, 0, 2)
-            return row_hidden
+        def run_row(row: int) -> np.ndarray:
+            return self._run(inputs[row], *rows[row][:2])
 
-        return torch.from_numpy(np.concatenate([prompt_row(row) for row in range(len(rows))]))
+        # a prompt runs on every thread; decoded rows on one each, several at once
+        hidden = (
+            self.rows.map(run_row, len(rows)) if x.shape[1] == 1 else [run_row(r) for r in range(len(rows))]
+        )
+        return torch.from_numpy(np.concatenate(hidden))
 
     def export_prefix(self, slot: int, length: int) -> list[Tensor]:
         """Copies of `slot`'s keys/values at positions `0..length-1`: [k0, v0, k1, v1, ...], each
@@ -312,13 +225,6 @@ class OnnxSlowTransformer:
         for index in range(self._layers):
             for cache, tensor in ((self._k, tensors[2 * index]), (self._v, tensors[2 * index + 1])):
                 cache[index][slot, :, : tensor.shape[1]] = tensor.numpy()
-
-
-def causal_mask(start: int, length: int) -> np.ndarray:
-    """`[length, start + length]`: 0 where new position i may attend (keys up to start + i), -inf elsewhere."""
-    mask = np.zeros((length, start + length), dtype=np.float32)
-    mask[:, start:][np.triu_indices(length, 1)] = -np.inf
-    return mask
 
 
 class OnnxSlowBlocks:
