@@ -150,12 +150,13 @@ class GraphBuilder:
     def _int8_linear(self, x: str, weight: Tensor) -> str:
         """`x @ weight.T` with int8 weights and int8 rows (see `int8_weights`)."""
         if x not in self._int8_rows:  # linears that share an input (w1, w3) share its quantization
-            absmax = self.node("ReduceMax", [self.node("Abs", [x]), self.ints(-1)])
+            absmax = self.node("ReduceMax", [self.node("Abs", [x]), self.ints(-1)], keepdims=0)  # [M]
             scales = self.node("Div", [self.node("Max", [absmax, self.floats(1e-30)]), self.floats(127.0)])
-            levels = self.node("Round", [self.node("Div", [x, scales])])  # -127..127, ties to even
-            # uint8 with zero point 128: VNNI's u8 x s8
-            shifted = self.node("Add", [levels, self.floats(128.0)])
-            self._int8_rows[x] = (self.node("Cast", [shifted], to=TensorProto.UINT8), scales)
+            # round(x / scale) (-127..127, ties to even) + 128 as uint8, one scale per row: VNNI's u8 x s8
+            shifted = numpy_helper.from_array(np.array([128], dtype=np.uint8))  # per row, as the axis asks
+            zero_points = self.node("ConstantOfShape", [self.node("Shape", [scales])], value=shifted)
+            rows = self.node("QuantizeLinear", [x, scales, zero_points], axis=0)
+            self._int8_rows[x] = (rows, self.node("Unsqueeze", [scales, self.ints(1)]))  # scales [M, 1]
         rows, scales = self._int8_rows[x]
         q, channel_scales = quantize_int8(weight.detach().float())
         inputs = [
