@@ -85,6 +85,11 @@ class RepositoryOptions:
             )
         if self.codec_precision == "int8" and not self.device.startswith("cpu"):
             raise FishSpeechError("--codec-precision int8 is for CPUs (onnxruntime's int8 CPU kernels)")
+        if self.fast_decode and self.slow_transformer_runtime != "torch":
+            raise FishSpeechError(
+                "--fast-decode replays PyTorch's slow blocks: use --fast-decode off with "
+                f"--slow-transformer-runtime {self.slow_transformer_runtime}"
+            )
 
     @property
     def levers(self) -> LmLevers:

@@ -120,6 +120,10 @@ def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
         ({"slow_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
         ({"codec_precision": "fp16"}, "--codec-precision must be one of fp32, int8"),
         ({"device": "cuda", "codec_precision": "int8"}, "int8 is for CPUs"),
+        (
+            {"fast_decode": True, "weight_quantization": "int4", "slow_transformer_runtime": "onnxruntime"},
+            "use --fast-decode off with --slow-transformer-runtime onnxruntime",
+        ),
     ],
 )
 def test_options_built_in_code_are_checked_too(tmp_path, triton_checkpoint, options, message):

@@ -1,5 +1,5 @@
-"""The onnxruntime slow transformer (`lm.onnx_slow`), in both forms (one fused graph per row with its own
-KV cache; block graphs over the whole batch with the attention in PyTorch): the same arithmetic as the
+"""The onnxruntime slow transformer (`lm.onnx_slow`), in both forms (decoding one graph run per row, or a
+step's rows in one run), over its own KV cache updated in place: the same arithmetic as the
 PyTorch blocks on the same int4 weights (with float activations), the model's cache API (prompts in
 pieces, prefixes moved between slots), rows independent of their batch, and clear refusals."""
 
@@ -14,7 +14,7 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.levers import LmLevers
-from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer
+from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.lm.quantization import quantize_linear_layers
 from fish_speech_triton.lm.static_decode import StaticDecoder
@@ -28,10 +28,9 @@ RUNTIMES = ["onnxruntime", "onnxruntime-batched"]
 def attach(model, runtime: str, accuracy_level: int) -> None:
     """The slow runtime `runtime` (a `slow_transformer_runtime` value) on `model`'s float layers, prompts on
     the decoder's int4 weights."""
-    if runtime == "onnxruntime":
-        model.use_slow_runtime(OnnxSlowTransformer(model, accuracy_level=accuracy_level, int8_prompts=False))
-    else:
-        model.use_slow_blocks(OnnxSlowBlocks(model, accuracy_level=accuracy_level, int8_prompts=False))
+    batched = runtime == "onnxruntime-batched"
+    runtime = OnnxSlowTransformer(model, accuracy_level=accuracy_level, int8_prompts=False, batched=batched)
+    model.use_slow_runtime(runtime)
 
 
 def random_tokens(generator: torch.Generator, length: int, rows: int = 1) -> torch.Tensor:
@@ -92,10 +91,8 @@ def test_int8_prompts_are_closer_to_the_float_model_than_int4_and_the_same_in_pi
     errors = {}
     for int8_prompts in (True, False):
         model, _ = load_lm(lm_small_checkpoint)
-        if runtime == "onnxruntime":
-            model.use_slow_runtime(OnnxSlowTransformer(model, int8_prompts=int8_prompts))
-        else:
-            model.use_slow_blocks(OnnxSlowBlocks(model, int8_prompts=int8_prompts))
+        batched = runtime == "onnxruntime-batched"
+        model.use_slow_runtime(OnnxSlowTransformer(model, int8_prompts=int8_prompts, batched=batched))
         model.setup_caches(2, 64)
         got = [slow(model, prompt, 0, [0])[1], *model.export_prefix(0, 40)]
         errors[int8_prompts] = [relative_error(g, e) for g, e in zip(got, expected, strict=True)]

@@ -2,9 +2,8 @@
 int8 codec decoder serves.
 
 A second server serves `llama_semantic`, built with `--weight-quantization int4 --semantic-head-only
---fast-transformer-runtime onnxruntime-batched --slow-transformer-runtime onnxruntime-batched` and the fast
-decode path, and `vqgan_decoder` built with
-`--codec-precision int8`. Its greedy codes must equal the faithful loop run on the same changed model, and
+--fast-transformer-runtime onnxruntime-batched --slow-transformer-runtime onnxruntime-batched`, and
+`vqgan_decoder` built with `--codec-precision int8`. Its greedy codes must equal the faithful loop run on the same changed model, and
 differ from the unchanged model's; its audio must be the int8 graph's, close to the float decoder's.
 """
 
@@ -40,7 +39,6 @@ def levered_server(tmp_path_factory, triton_checkpoint):
         output_dir=root / "all",
         kv_slots=2,
         torch_threads=1,
-        fast_decode=True,
         weight_quantization=LEVERS.weight_quantization,
         semantic_head_only=LEVERS.semantic_head_only,
         fast_transformer_runtime=LEVERS.fast_transformer_runtime,

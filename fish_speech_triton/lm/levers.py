@@ -18,7 +18,7 @@ import torch
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
-from fish_speech_triton.lm.onnx_slow import OnnxSlowBlocks, OnnxSlowTransformer
+from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer
 from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
 from fish_speech_triton.lm.tokenizer import FishTokenizer
 
@@ -102,10 +102,9 @@ class LmLevers:
         if self.fast_transformer_runtime != "torch":
             batched = self.fast_transformer_runtime == "onnxruntime-batched"
             model.use_fast_runtime(OnnxFastTransformer(model, batched=batched))
-        if self.slow_transformer_runtime == "onnxruntime":
-            model.use_slow_runtime(OnnxSlowTransformer(model))
-        elif self.slow_transformer_runtime == "onnxruntime-batched":
-            model.use_slow_blocks(OnnxSlowBlocks(model))
+        if self.slow_transformer_runtime != "torch":
+            batched = self.slow_transformer_runtime == "onnxruntime-batched"
+            model.use_slow_runtime(OnnxSlowTransformer(model, batched=batched))
         quantize_linear_layers(model, self.weight_quantization, kernel_rows)
 
     def describe(self) -> str:
@@ -150,9 +149,10 @@ def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         choices=RUNTIMES,
         default="torch",
         help="the LM's slow transformer on onnxruntime with int4 weights and int8 activations (prompts: "
-        "int8 weights, ~1.7x faster than int4 on a 10 s reference's prompt). onnxruntime: one graph per row with its own float32 KV cache, a decode step's slow pass on one "
-        "core (~12 ms instead of ~18 on two), for one or few streams; onnxruntime-batched: the blocks' "
-        "matmuls over a step's rows together, attention in PyTorch, for many streams. Needs "
+        "int8 weights, ~1.7x faster than int4 on a 10 s reference's prompt), with its own float32 KV "
+        "cache. onnxruntime: a decode step's slow pass one run per row on one core (~14 ms), for one or "
+        "few streams; onnxruntime-batched: a step's rows in one run on every thread, for many streams. "
+        "Needs "
         "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
     )
 

@@ -62,17 +62,6 @@ class SlowRuntime(Protocol):
     def import_prefix(self, slot: int, tensors: list[Tensor]) -> None: ...
 
 
-SlowAttention = Callable[[int, Tensor], Tensor]
-
-
-class SlowBlocks(Protocol):
-    """The slow transformer's blocks run elsewhere except their attention, which stays with the model's KV cache
-    (e.g. `onnx_slow.OnnxSlowBlocks`): `blocks(x, attention)` runs every block over `x [B, T, dim]`, calling
-    `attention(layer, qkv)` (`attend_heads` on that layer's cache) between each block's wqkv and wo."""
-
-    def __call__(self, x: Tensor, attention: SlowAttention) -> Tensor: ...
-
-
 # cuDNN attention (chosen for bf16 on Hopper) plans anew for every key length, i.e. every decode step,
 # which costs ~1 ms of CPU per call; the other backends compute the same thing without that.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -284,7 +273,6 @@ class DualARTransformer(nn.Module):
         self._fast_rope: Tensor | None = None
         self._fast_runtime: FastRuntime | None = None
         self.slow_runtime: SlowRuntime | None = None
-        self.slow_blocks: SlowBlocks | None = None
         self.num_slots = 0
         self.cache_seq_len = 0
 
@@ -441,24 +429,9 @@ class DualARTransformer(nn.Module):
     def _run_blocks(self, x: Tensor, rope: Tensor, updates: list[KVUpdate], attend: Attend) -> Tensor:
         """The slow blocks over `x [B, T, dim]`, layer l's keys and values going through `updates[l]`."""
         with sdpa_kernel(_SDPA_BACKENDS):
-            if self.slow_blocks is not None:
-                c = self.config
-
-                def attention(layer: int, qkv: Tensor) -> Tensor:
-                    return attend_heads(
-                        qkv.to(x.dtype), rope, updates[layer], attend, c.n_head, c.n_local_heads
-                    )
-
-                return self.slow_blocks(x, attention).to(x.dtype)
             for layer, update in zip(self.layers, updates, strict=True):
                 x = layer(x, rope, update, attend)
             return x
-
-    def use_slow_blocks(self, runtime: SlowBlocks) -> None:
-        """Run the slow blocks' matmuls on `runtime`, their attention and KV cache here (call `setup_caches`
-        afterwards). PyTorch's blocks are released; the embeddings, final norm and token head stay."""
-        self.slow_blocks = runtime
-        self.layers = nn.ModuleList()
 
     # ------------------------------------------------------------------ token head
 
@@ -505,8 +478,7 @@ class DualARTransformer(nn.Module):
     @property
     def blocks_on_runtimes(self) -> bool:
         """Whether every transformer block runs on an attached runtime (onnxruntime), none in PyTorch."""
-        slow = self.slow_runtime is not None or self.slow_blocks is not None
-        return slow and self._fast_runtime is not None
+        return self.slow_runtime is not None and self._fast_runtime is not None
 
     def use_fast_runtime(self, runtime: FastRuntime) -> None:
         """Run the fast transformer's positions on `runtime` from now on (call `setup_caches` afterwards).

@@ -20,8 +20,9 @@ never depend on its batch. The final norm and the token head stay in PyTorch. Wi
 (float activations) the graphs reproduce the PyTorch blocks on the dequantized weights (tests).
 
 That is the latency form (`slow_transformer_runtime onnxruntime`): a batch of B rows reads the weights B
-times. The throughput form (`onnxruntime-batched`, `OnnxSlowBlocks`) multiplies a step's rows together in
-`block_graphs`, cut at each block's attention, which runs in PyTorch on the model's own KV cache.
+times. The throughput form (`onnxruntime-batched`, `OnnxSlowTransformer(batched=True)`) decodes a step's
+rows together in one run over consecutive slots of the same cache (`slow_graph`'s `batched`), prompts as
+the latency form.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from torch import Tensor
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.model import (
     DualARTransformer,
-    SlowAttention,
 )
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
@@ -43,7 +43,6 @@ from fish_speech_triton.lm.onnx_graph import (
     Int4Weights,
     RowRunner,
     cpu_session,
-    pad_rows,
 )
 
 
@@ -52,6 +51,7 @@ def slow_graph(
     accuracy_level: int = ACCURACY_INT8,
     int4: Int4Weights | None = None,
     int8_weights: bool = False,
+    batched: bool = False,
 ) -> bytes:
     """The serialized ONNX model of the slow blocks over T new positions of one row, updating its KV cache in
     place (see the module docstring). `int4`: quantized weights shared with another build of the same
@@ -64,57 +64,39 @@ def slow_graph(
                  past_k{l} / past_v{l} [1, n_local_heads, positions, head_dim] (a slot of the cache)
         outputs  hidden [1, dim] (the last position, before the final norm), present_k{l} / present_v{l}:
                  bound to the same buffers as the past, the kernel writes only the new positions
+
+    `batched`: one new position of each of R rows instead: x [R, dim], seqlens_k [R] (each row's cached
+    positions), total_sequence_length the largest + 1, past / present [R, ...] (R slots of the cache),
+    hidden [R, dim].
     """
     c = model.config
     g = GraphBuilder(accuracy_level, int4, int8_weights)
     rope = g.rope(c.max_seq_len, c.head_dim, c.rope_base)
     lengths = ("seqlens_k", "total_sequence_length")
     tensor = TensorProto.FLOAT
+    sequences = "rows" if batched else 1
     inputs = [
-        helper.make_tensor_value_info("x", tensor, ["new", c.dim]),
-        *[helper.make_tensor_value_info(name, TensorProto.INT32, [1]) for name in lengths],
+        helper.make_tensor_value_info("x", tensor, ["rows" if batched else "new", c.dim]),
+        helper.make_tensor_value_info(lengths[0], TensorProto.INT32, [sequences]),
+        helper.make_tensor_value_info(lengths[1], TensorProto.INT32, [1]),
     ]
     presents = []
     x = "x"
     for index, block in enumerate(model.layers):
         past = (f"past_k{index}", f"past_v{index}")
         inputs += [
-            helper.make_tensor_value_info(name, tensor, [1, c.n_local_heads, "positions", c.head_dim])
+            helper.make_tensor_value_info(name, tensor, [sequences, c.n_local_heads, "positions", c.head_dim])
             for name in past
         ]
         names = [f"attended{index}", f"present_k{index}", f"present_v{index}"]
-        attended, *present = g.attention(x, block, past, lengths, rope, one_sequence=True, names=names)
+        attended, *present = g.attention(x, block, past, lengths, rope, one_sequence=not batched, names=names)
         presents += present
         x = g.block_output(x, attended, block)
-    hidden = g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
-    return g.model("slow_transformer", inputs, [hidden, *presents])
-
-
-def block_graphs(
-    model: DualARTransformer, accuracy_level: int = ACCURACY_INT8, int8_weights: bool = False
-) -> list[bytes]:
-    """The slow blocks cut at their attention, for `OnnxSlowBlocks`: n_layer + 1 graphs over `M` rows.
-
-    Graph 0: `h [M, dim]` -> `qkv` of block 0. Graph l (1 <= l < n_layer): `h`, `y [M, n_head head_dim]`
-    (block l - 1's attention output) -> `h_out` (block l - 1 finished), `qkv` of block l. Graph n_layer:
-    `h`, `y` -> `h_out`. `int8_weights`: int8 weights and rows instead of int4 (`GraphBuilder`).
-    """
-    c = model.config
-    tensor = TensorProto.FLOAT
-    graphs = []
-    for index in range(c.n_layer + 1):
-        g = GraphBuilder(accuracy_level, int8_weights=int8_weights)
-        inputs = [helper.make_tensor_value_info("h", tensor, ["rows", c.dim])]
-        outputs, h = [], "h"
-        if index > 0:
-            inputs.append(helper.make_tensor_value_info("y", tensor, ["rows", c.n_head * c.head_dim]))
-            h = g.block_output(h, "y", model.layers[index - 1], name="h_out")
-            outputs.append(h)
-        if index < c.n_layer:
-            block = model.layers[index]
-            outputs.append(g.linear(g.rms_norm(h, block.attention_norm), block.attention.wqkv))
-        graphs.append(g.model(f"slow_block_{index}", inputs, outputs))
-    return graphs
+    if batched:  # every row is a sequence's one new position
+        g.node("Identity", [x], name="hidden")
+    else:
+        g.node("Gather", [x, g.ints(-1)], axis=0, name="hidden")
+    return g.model("slow_transformer", inputs, ["hidden", *presents])
 
 
 class OnnxSlowTransformer:
@@ -122,9 +104,16 @@ class OnnxSlowTransformer:
 
     Build it from a model whose slow layers are still float `nn.Linear` (before `quantize_linear_layers`) and
     attach it with `model.use_slow_runtime`. `threads` (default: PyTorch's intra-op threads) run a prompt
-    together; a decoded row runs on one thread, a batch's rows on up to `threads` at once. `int8_prompts`:
-    prompts multiply int8 weights by int8 rows (`GraphBuilder`'s `int8_weights`); else the decoder's int4
-    weights at `accuracy_level`.
+    together. `int8_prompts`: prompts multiply int8 weights by int8 rows (`GraphBuilder`'s `int8_weights`);
+    else the decoder's int4 weights at `accuracy_level`.
+
+    Decoding, the latency form runs each row alone on one thread (a batch's rows side by side on
+    `RowRunner`'s threads). `batched`, the throughput form, runs a step's rows together on every thread
+    (GEMMs that read the weights once for all rows): slots 0..n-1 in one run, n the highest decoded slot + 1
+    made even (`MatMulNBits` multiplies rows in pairs, a lone row with other rounding: see
+    `onnx_graph.pad_rows`), so a row's numbers never depend on the others. Slots in that range that are not
+    decoding write their row's keys at their next position (their length), which is written again before
+    anything reads it; the cache has one spare position per slot for slots that are full.
     """
 
     def __init__(
@@ -133,13 +122,16 @@ class OnnxSlowTransformer:
         accuracy_level: int = ACCURACY_INT8,
         threads: int | None = None,
         int8_prompts: bool = True,
+        batched: bool = False,
     ) -> None:
         if model.embeddings.weight.device.type != "cpu":
             raise InputError("the onnxruntime slow transformer runs on CPU only")
         c = model.config
         threads = threads or torch.get_num_threads()
+        self.batched = batched
         int4: Int4Weights = {}  # both sessions, each layer quantized once
-        self.decoder = cpu_session(slow_graph(model, accuracy_level, int4), threads=1)
+        decoder = slow_graph(model, accuracy_level, int4, batched=batched)
+        self.decoder = cpu_session(decoder, threads=threads if batched else 1)
         self.prefiller = cpu_session(slow_graph(model, accuracy_level, int4, int8_prompts), threads=threads)
         self.rows = RowRunner(threads)
         self._layers = c.n_layer
@@ -147,29 +139,35 @@ class OnnxSlowTransformer:
         self._dim = c.dim
         self._k: list[np.ndarray] = []  # per layer: [slots, n_local_heads, positions, head_dim]
         self._v: list[np.ndarray] = []
-        # (prompt?, slot) -> that session's bindings of the slot's cache and the hidden state's array
+        self._lengths = np.zeros(0, dtype=np.int32)  # per slot: the positions written
+        # (prompt?, slot) -> that session's bindings of the slot's cache and the hidden state's array;
+        # batched decoding: (False, -n) for slots 0..n-1
         self._bindings: dict[tuple[bool, int], tuple[ort.IOBinding, np.ndarray]] = {}
 
     def allocate(self, num_slots: int, max_seq_len: int) -> None:
         """Room for `num_slots` rows of `max_seq_len` positions (called by `DualARTransformer.setup_caches`)."""
         heads, head_dim = self._cache_shape
+        if self.batched:  # an even count of rows, a spare position per row
+            num_slots, max_seq_len = num_slots + num_slots % 2, max_seq_len + 1
         shape = (num_slots, heads, max_seq_len, head_dim)
         self._k = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
         self._v = [np.zeros(shape, dtype=np.float32) for _ in range(self._layers)]
+        self._lengths = np.zeros(num_slots, dtype=np.int32)
         self._bindings = {}
 
-    def _binding(self, prompt: bool, slot: int) -> tuple[ort.IOBinding, np.ndarray]:
-        """The prompt or decode session's bindings for `slot`: each layer's cache rows of the slot as both
-        its past and its present (`slow_graph`), and the array the hidden state lands in. Made once."""
-        key = (prompt, slot)
+    def _binding(self, prompt: bool, first: int, count: int) -> tuple[ort.IOBinding, np.ndarray]:
+        """The prompt or decode session's bindings for slots `first..first + count - 1`: each layer's cache
+        rows of the slots as both its past and its present (`slow_graph`), and the array the hidden states
+        land in. Made once."""
+        key = (prompt, first if count == 1 else -count)
         if key not in self._bindings:
             binding = (self.prefiller if prompt else self.decoder).io_binding()
             for index in range(self._layers):
                 for name, cache in (("k", self._k), ("v", self._v)):
-                    rows = ort.OrtValue.ortvalue_from_numpy(cache[index][slot : slot + 1])  # no copy
+                    rows = ort.OrtValue.ortvalue_from_numpy(cache[index][first : first + count])  # no copy
                     binding.bind_ortvalue_input(f"past_{name}{index}", rows)
                     binding.bind_ortvalue_output(f"present_{name}{index}", rows)
-            hidden = np.zeros((1, self._dim), dtype=np.float32)
+            hidden = np.zeros((count, self._dim), dtype=np.float32)
             binding.bind_ortvalue_output("hidden", ort.OrtValue.ortvalue_from_numpy(hidden))
             self._bindings[key] = (binding, hidden)
         return self._bindings[key]
@@ -178,13 +176,31 @@ class OnnxSlowTransformer:
         """New positions `x [T, dim]` of `slot` from position `start`: their keys and values land in the
         cache, the last one's hidden state `[1, dim]` is returned."""
         prompt = x.shape[0] > 1
-        binding, hidden = self._binding(prompt, slot)
+        binding, hidden = self._binding(prompt, slot, 1)
         binding.bind_cpu_input("x", x)
         total = start + x.shape[0]
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array([total], dtype=np.int32))
         (self.prefiller if prompt else self.decoder).run_with_iobinding(binding)
+        self._lengths[slot] = total
         return hidden.copy()
+
+    def _decode_together(self, x: np.ndarray, slots: list[int], positions: list[int]) -> np.ndarray:
+        """One new position `x [B, dim]` of each of `slots` (at `positions`) in one run over slots 0..n-1
+        (the batched form); their hidden states `[B, dim]`."""
+        count = max(slots) + 1
+        count += count % 2
+        binding, hidden = self._binding(False, 0, count)
+        rows = np.zeros((count, self._dim), dtype=np.float32)
+        rows[slots] = x
+        lengths = self._lengths[:count].copy()  # the others write at their length, unread
+        lengths[slots] = positions
+        binding.bind_cpu_input("x", rows)
+        binding.bind_cpu_input("seqlens_k", lengths)
+        binding.bind_cpu_input("total_sequence_length", np.array([lengths.max() + 1], dtype=np.int32))
+        self.decoder.run_with_iobinding(binding)
+        self._lengths[slots] = np.array(positions) + 1
+        return hidden[slots]
 
     def __call__(self, x: Tensor, input_pos: Tensor, slots: Tensor) -> Tensor:
         """The hidden state `[B, dim]` (float32) of the last new position of each row.
@@ -199,6 +215,9 @@ class OnnxSlowTransformer:
         for row, (_, start, end) in enumerate(rows):
             if end - start != x.shape[1] - 1:
                 raise ValueError(f"row {row}: the new positions must be consecutive, got {start}..{end}")
+        if x.shape[1] == 1 and self.batched:
+            starts = [start for _, start, _ in rows]
+            return torch.from_numpy(self._decode_together(inputs[:, 0], slots.tolist(), starts))
 
         def run_row(row: int) -> np.ndarray:
             return self._run(inputs[row], *rows[row][:2])
@@ -225,46 +244,4 @@ class OnnxSlowTransformer:
         for index in range(self._layers):
             for cache, tensor in ((self._k, tensors[2 * index]), (self._v, tensors[2 * index + 1])):
                 cache[index][slot, :, : tensor.shape[1]] = tensor.numpy()
-
-
-class OnnxSlowBlocks:
-    """The slow blocks' matmuls as onnxruntime graphs over a whole batch, their attention in PyTorch
-    (`DualARTransformer.use_slow_blocks`): the throughput form of the lever.
-
-    A decode step multiplies every row of the batch at once (one weight read for all rows, int8 GEMMs on
-    every thread) and attends each row over its own keys in the model's KV cache, so a row's numbers do not
-    depend on its batch (`onnx_graph.pad_rows`). Prompts (several positions of a row) go through a second
-    set of graphs with int8 weights and rows when `int8_prompts` (`OnnxSlowTransformer`'s). Build it from
-    float `nn.Linear` layers (before quantizing).
-    """
-
-    def __init__(
-        self,
-        model: DualARTransformer,
-        accuracy_level: int = ACCURACY_INT8,
-        threads: int | None = None,
-        int8_prompts: bool = True,
-    ) -> None:
-        if model.embeddings.weight.device.type != "cpu":
-            raise InputError("the onnxruntime slow transformer runs on CPU only")
-        threads = threads or torch.get_num_threads()
-        self.sessions = [cpu_session(graph, threads) for graph in block_graphs(model, accuracy_level)]
-        self.prompt_sessions = self.sessions
-        if int8_prompts:  # as OnnxSlowTransformer's
-            graphs = block_graphs(model, accuracy_level, int8_weights=True)
-            self.prompt_sessions = [cpu_session(graph, threads) for graph in graphs]
-
-    def __call__(self, x: Tensor, attention: SlowAttention) -> Tensor:
-        """The blocks over `x [B, T, dim]`; `attention(layer, qkv [B, T, ...])` -> `[B, T, n_head head_dim]`."""
-        batch, length, dim = x.shape
-        rows = batch * length
-        sessions = self.prompt_sessions if length > 1 else self.sessions
-        h = pad_rows(x.detach().to(torch.float32).reshape(rows, dim).numpy())
-        (qkv,) = sessions[0].run(None, {"h": h})
-        for layer, session in enumerate(sessions[1:]):
-            y = attention(layer, torch.from_numpy(qkv[:rows]).view(batch, length, -1))
-            h, *rest = session.run(
-                None, {"h": h, "y": pad_rows(y.to(torch.float32).reshape(rows, -1).numpy())}
-            )
-            qkv = rest[0] if rest else qkv
-        return torch.from_numpy(h[:rows]).view(batch, length, dim)
+        self._lengths[slot] = tensors[0].shape[1]

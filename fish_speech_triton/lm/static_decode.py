@@ -37,8 +37,8 @@ class StaticDecoder:
             raise RuntimeError("call model.setup_caches() before building the static decoder")
         if model.slow_runtime is not None:
             raise InputError(
-                "fast_decode replays PyTorch's slow blocks: it cannot run with slow_transformer_runtime "
-                "onnxruntime"
+                "fast_decode replays PyTorch's slow blocks: it cannot run with an onnxruntime "
+                "slow_transformer_runtime"
             )
         device = model.embeddings.weight.device
         self.model = model

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -176,7 +177,8 @@ class SemanticEngine:
         model.setup_caches(num_slots, max_seq_len)
         self._static = StaticDecoder(model, compile=compile_decode) if fast_decode else None
         self.num_slots = num_slots
-        self._free = list(range(num_slots - 1, -1, -1))
+        # a heap, the lowest free slot first: busy slots stay low (the batched slow runtime decodes 0..n-1)
+        self._free = list(range(num_slots))
         self._active: dict[int, _Sequence] = {}
         self._pending: collections.deque[tuple[GenerationRequest, Sink]] = collections.deque()
         self._cond = threading.Condition()
@@ -248,7 +250,7 @@ class SemanticEngine:
                 return False
             admitted = []
             while self._pending and self._free:
-                admitted.append((*self._pending.popleft(), self._free.pop()))
+                admitted.append((*self._pending.popleft(), heapq.heappop(self._free)))
         for request, sink, slot in admitted:
             self._admit(request, sink, slot)
         self._drop_cancelled()
@@ -399,7 +401,7 @@ class SemanticEngine:
     def _release(self, slot: int) -> None:
         self._active.pop(slot, None)
         with self._cond:
-            self._free.append(slot)
+            heapq.heappush(self._free, slot)
 
 
 def generate_codes(engine: SemanticEngine, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
