@@ -2,7 +2,7 @@
 
 Decoding, a step's slow pass is 24 blocks of int4 matmuls over one row plus ~600 small ops; PyTorch spends
 ~6 ms of its ~18 ms on dispatching the small ops and runs the matmuls on every core. One onnxruntime graph
-runs the whole pass on ONE core in ~12 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
+runs the whole pass on ONE core in ~14 ms (`MatMulNBits` with int8 activations, fused norms, no dispatch
 cost), which leaves the other cores to the LM's neighbours: the codec, other requests.
 
 The runtime keeps the KV cache itself (float32, `[slots, n_local_heads, positions, head_dim]` per layer).
@@ -34,9 +34,7 @@ from onnx import TensorProto, helper
 from torch import Tensor
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.lm.model import (
-    DualARTransformer,
-)
+from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
     GraphBuilder,
