@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fish_speech_triton.code_digest import builder_digest
 from fish_speech_triton.hub import CODEC_FILE, DEFAULT_REPO_ID, LM_FILES
 
 CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)
@@ -206,21 +207,13 @@ def build_command(settings: Settings, output_dir: Path) -> list[str]:
     return cmd + list(settings.build_extra_args)
 
 
-def _tree_digest(root: Path) -> str:
-    """Contents of the builder's code and templates, so a new image never reuses an old repository."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def _build_fingerprint(settings: Settings, command: Sequence[str]) -> str:
     """What the built repository depends on: the command, the builder and the checkpoint files."""
     files = {}
     for name in CHECKPOINT_FILES:
         stat = (settings.checkpoint_dir / name).stat()
         files[name] = [stat.st_size, stat.st_mtime_ns]
-    code = {name: _tree_digest(settings.app_dir / name) for name in ("export", "model_repository")}
+    code = builder_digest(settings.app_dir)  # a new image never reuses an old repository
     blob = json.dumps({"command": list(command[1:]), "files": files, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import export
 from export.build_repository import (
     RepositoryOptions,
     add_arguments,
@@ -25,6 +26,7 @@ from export.build_repository import (
     default_references_dir,
     options_from_args,
 )
+from fish_speech_triton.code_digest import builder_digest
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.tools.cli import run_cli
@@ -35,9 +37,11 @@ BUILD_INFO = "build_info.json"
 
 
 def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
-    """Build the repository unless one built with exactly these options is already there."""
+    """Build the repository unless one built with exactly these options, by this builder and from these
+    templates, is already there."""
     info_path = opts.output_dir / BUILD_INFO
-    wanted = json.dumps(asdict(opts), default=str, sort_keys=True)
+    built_by = builder_digest(Path(export.__file__).resolve().parent.parent)
+    wanted = json.dumps({"options": asdict(opts), "code": built_by}, default=str, sort_keys=True)
     if not rebuild and info_path.exists() and info_path.read_text() == wanted:
         print(f"[serve] using the model repository in {opts.output_dir}", file=sys.stderr)
         return opts.output_dir

@@ -47,3 +47,31 @@ def test_demo_server_starts_serves_and_stops_on_sigterm_even_with_sigint_ignored
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_repository_is_reused_only_when_built_with_these_options_by_this_code(tmp_path, monkeypatch):
+    from export.build_repository import RepositoryOptions
+    from fish_speech_triton import serve
+
+    builds = []
+    monkeypatch.setattr(serve, "build_repository", lambda opts: builds.append(opts))
+    opts = RepositoryOptions(tmp_path / "lm", tmp_path / "codec.pth", tmp_path / "repo")
+    opts.output_dir.mkdir()
+    for _ in range(2):
+        serve.ensure_repository(opts)
+    assert len(builds) == 1  # built once, then reused
+    serve.ensure_repository(
+        RepositoryOptions(tmp_path / "lm", tmp_path / "codec.pth", tmp_path / "repo", kv_slots=3)
+    )
+    assert len(builds) == 2  # other options
+    template = tmp_path / "app" / "model_repository" / "m" / "config.pbtxt"
+    template.parent.mkdir(parents=True)
+    (tmp_path / "app" / "export").mkdir()
+    template.write_text("a")
+    monkeypatch.setattr(serve.export, "__file__", str(tmp_path / "app" / "export" / "__init__.py"))
+    serve.ensure_repository(opts)
+    serve.ensure_repository(opts)
+    assert len(builds) == 3  # other builder code: rebuilt, then reused
+    template.write_text("b")
+    serve.ensure_repository(opts)
+    assert len(builds) == 4  # a changed template
