@@ -6,8 +6,9 @@ python -m bench.first_audio --url 127.0.0.1:8001 --checkpoint-dir DIR --referenc
 One stream at a time. Each request carries a new ~10 s reference recording (synthetic speech, each one
 different in pitch, pace and noise, so that neither the encoder nor the LM's prefix cache has seen it) and
 streams its audio; its time to first audio is the first chunk's arrival, the reference's encoding and the
-prompt's prefill included. Then the last reference once more: its prompt is in the LM's prefix cache (which
-keeps the 16 latest), as a stored voice's is. A warm-up request with a reference of its own comes first and is not counted. Prints
+prompt's prefill included. Then the last reference once more: its codes are in `vqgan_encoder`'s cache and
+its prompt in the LM's prefix cache (which keeps the 16 latest), as a stored voice's are. A warm-up request
+with a reference of its own comes first and is not counted. Prints
 every request, the median and p90, and how many met --target-s; writes OUTPUT_DIR/first_audio.json.
 """
 

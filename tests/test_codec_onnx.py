@@ -24,6 +24,7 @@ from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.serving.codec_runtime import OnnxEncoder
 
 pytestmark = pytest.mark.usefixtures("codec_single_thread")
 
@@ -198,3 +199,44 @@ def test_command_line(tmp_path: Path, codec_small_checkpoint: Path, codec_small_
         env=env,
     )
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: codec checkpoint")
+
+
+class CountingSession:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+def test_encoder_keeps_the_codes_of_its_latest_recordings_never_a_refusal(codec_small_onnx: Path) -> None:
+    encoder = OnnxEncoder(codec_small_onnx / ENCODER_FILE, threads=1, cache_entries=2)
+    encoder.session = counting = CountingSession(encoder.session)
+    first, second, third = (synthetic_speech(0.5, 44100, seed=seed) for seed in (1, 2, 3))
+    codes = encoder.encode(first)
+    again = encoder.encode(first.copy())  # the same samples: no second run
+    np.testing.assert_array_equal(again, codes)
+    assert counting.runs == 1
+    again[0, 0] += 1  # the caller's copy
+    np.testing.assert_array_equal(encoder.encode(first), codes)
+    encoder.encode(first, sample_rate=22050)  # another rate is another recording
+    assert counting.runs == 2
+    encoder.encode(second)
+    encoder.encode(third)  # two entries: the oldest goes
+    assert counting.runs == 4
+    encoder.encode(third)
+    encoder.encode(first)
+    assert counting.runs == 5
+    for _ in range(2):  # a refusal is never kept
+        with pytest.raises(FishSpeechError, match="too short"):
+            encoder.encode(first[:100])
+    uncached = OnnxEncoder(codec_small_onnx / ENCODER_FILE, threads=1, cache_entries=0)
+    uncached.session = counting = CountingSession(uncached.session)
+    np.testing.assert_array_equal(uncached.encode(first), codes)
+    uncached.encode(first)
+    assert counting.runs == 2
+    with pytest.raises(FishSpeechError, match="cache_entries"):
+        OnnxEncoder(codec_small_onnx / ENCODER_FILE, cache_entries=-1)

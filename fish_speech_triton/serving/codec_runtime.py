@@ -6,6 +6,8 @@ so a bad input gives the same clear message everywhere.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +66,27 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # ->
 
 
 class OnnxEncoder:
-    """Reference audio (any supported rate, mono) → prompt codes `[8, F]` int32."""
+    """Reference audio (any supported rate, mono) → prompt codes `[8, F]` int32.
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, max_seconds: float = 90.0):
+    The codes of the `cache_entries` latest recordings are kept (keyed by their samples and rate): clients of
+    the original API send the reference with every request, and the same recording gives the same codes, so
+    it is encoded once (~0.3 s for 10 s of audio on 2 CPU cores). Only codes are kept, never a refusal.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int = 0,
+        max_seconds: float = 90.0,
+        cache_entries: int = 64,
+    ):
+        if cache_entries < 0:
+            raise InputError(f"cache_entries must be 0 (no cache) or more, got {cache_entries}")
         self.session = open_session(path, device, threads)
         self.max_seconds = max_seconds
+        self.cache_entries = cache_entries
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
@@ -94,9 +112,23 @@ class OnnxEncoder:
         return audio
 
     def encode(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        audio = self.prepare(audio, sample_rate)
-        (codes,) = self.session.run(["codes"], {"audio": audio[None, None, :]})
-        return np.ascontiguousarray(codes[0], dtype=np.int32)
+        samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        key = (
+            hashlib.sha256(samples.tobytes() + str(sample_rate).encode()).digest()
+            if self.cache_entries
+            else b""
+        )
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key].copy()
+        prepared = self.prepare(samples, sample_rate)
+        (codes,) = self.session.run(["codes"], {"audio": prepared[None, None, :]})
+        codes = np.ascontiguousarray(codes[0], dtype=np.int32)
+        if key:
+            self._cache[key] = codes.copy()
+            if len(self._cache) > self.cache_entries:
+                self._cache.popitem(last=False)
+        return codes
 
 
 def validate_codes(codes: np.ndarray, what: str = "codes") -> np.ndarray:

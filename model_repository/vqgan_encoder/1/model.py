@@ -21,6 +21,7 @@ class TritonPythonModel:
             device=device_of(args, params.get("device", "cpu")),
             threads=int(params.get("intra_op_threads", "0")),
             max_seconds=float(params.get("max_reference_seconds", "90")),
+            cache_entries=int(params.get("cache_entries", "64")),
         )
 
     def _encode(self, request):
