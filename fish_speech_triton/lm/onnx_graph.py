@@ -226,7 +226,7 @@ class GraphBuilder:
         )  # q, k and v packed in one input
         return [self.reshape(attended, -1, attention.n_head * attention.head_dim), keys, values]
 
-    def block_output(self, x: str, attended: str, block: TransformerBlock, name: str | None = None) -> str:
+    def block_output(self, x: str, attended: str, block: TransformerBlock) -> str:
         """What a block adds after its attention: `x + wo(attended)`, then the feed-forward residual."""
         h = self.node("Add", [x, self.linear(attended, block.attention.wo)])
         ffn = block.feed_forward
@@ -234,7 +234,7 @@ class GraphBuilder:
         gate = self.linear(normed, ffn.w1)
         silu = self.node("Mul", [gate, self.node("Sigmoid", [gate])])
         up = self.linear(self.node("Mul", [silu, self.linear(normed, ffn.w3)]), ffn.w2)
-        return self.node("Add", [h, up], name=name)
+        return self.node("Add", [h, up])
 
     def model(self, name: str, inputs: list, outputs: list[str], dtype: int = TensorProto.FLOAT) -> bytes:
         """The serialized model of the nodes built so far (outputs of any shape, of type `dtype`)."""
