@@ -157,6 +157,22 @@ def test_engine_with_references_keeps_greedy_parity_and_batch_independent_sampli
         engine.stop()
 
 
+def test_a_full_slot_beside_a_decoding_one(lm_small_checkpoint):
+    """Batched decoding runs every slot below the highest decoded one: an idle slot holding all
+    `max_seq_len` positions writes at its spare position, which must be a position the graph can rotate."""
+    model, tokenizer = load_lm(lm_small_checkpoint)
+    LmLevers("int4", slow_transformer_runtime="onnxruntime-batched").apply(model, tokenizer)
+    model.setup_caches(2)
+    full = model.cache_seq_len
+    generator = torch.Generator().manual_seed(3)
+    slow(model, random_tokens(generator, full), 0, [0])
+    kept = model.export_prefix(0, full)
+    slow(model, random_tokens(generator, 3), 0, [1])
+    slow(model, random_tokens(generator, 1), 3, [1])  # slot 0 idle in the run
+    for before, after in zip(kept, model.export_prefix(0, full), strict=True):
+        assert torch.equal(before, after)
+
+
 def test_refusals(lm_small_checkpoint):
     model, tokenizer = load_lm(lm_small_checkpoint)
     runtime = OnnxSlowTransformer(model)

@@ -69,7 +69,7 @@ def slow_graph(
     """
     c = model.config
     g = GraphBuilder(accuracy_level, int4, int8_weights)
-    rope = g.rope(c.max_seq_len, c.head_dim, c.rope_base)
+    rope = g.rope(c.max_seq_len + 1, c.head_dim, c.rope_base)  # + the batched cache's spare position
     lengths = ("seqlens_k", "total_sequence_length")
     tensor = TensorProto.FLOAT
     sequences = "rows" if batched else 1
