@@ -113,18 +113,18 @@ class OnnxEncoder:
 
     def encode(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-        key = (
-            hashlib.sha256(samples.tobytes() + str(sample_rate).encode()).digest()
-            if self.cache_entries
-            else b""
-        )
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key].copy()
+        key = None
+        if self.cache_entries:  # the samples hashed in place, then the rate
+            digest = hashlib.sha256(memoryview(samples))
+            digest.update(str(sample_rate).encode())
+            key = digest.digest()
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key].copy()
         prepared = self.prepare(samples, sample_rate)
         (codes,) = self.session.run(["codes"], {"audio": prepared[None, None, :]})
         codes = np.ascontiguousarray(codes[0], dtype=np.int32)
-        if key:
+        if key is not None:
             self._cache[key] = codes.copy()
             if len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
