@@ -152,8 +152,7 @@ def add_lever_arguments(parser: argparse.ArgumentParser) -> None:
         "int8 weights, ~1.7x faster than int4 on a 10 s reference's prompt), with its own float32 KV "
         "cache. onnxruntime: a decode step's slow pass one run per row on one core (~14 ms), for one or "
         "few streams; onnxruntime-batched: a step's rows in one run on every thread, for many streams. "
-        "Needs "
-        "--weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
+        "Needs --weight-quantization int4 (CPU); changes the model's numbers, see docs/performance.md",
     )
 
 

@@ -7,7 +7,7 @@ small ops of a position (a layer's attention is one `GroupQueryAttention` node) 
 thread per row: the frame costs less wall time and far less CPU, which the codec sharing the machine gets
 back.
 
-Each codebook position k has its own graph (its RoPE angle and its past length are constants):
+Each codebook position k has its own graph (k and its past length are constants):
 
     inputs   x [B, fast_dim] (position 0: the projected slow hidden state; k > 0: the embedding of
              codebook k - 1), past_k{l} / past_v{l} [B, fast_n_local_heads, k, fast_head_dim] (k > 0)
@@ -44,11 +44,7 @@ from torch import Tensor, nn
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.config import DualARConfig
-from fish_speech_triton.lm.model import (
-    DualARTransformer,
-    RMSNorm,
-    TransformerBlock,
-)
+from fish_speech_triton.lm.model import DualARTransformer, RMSNorm, TransformerBlock
 from fish_speech_triton.lm.onnx_graph import (
     ACCURACY_INT8,
     GraphBuilder,

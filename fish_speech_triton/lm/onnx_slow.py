@@ -131,7 +131,7 @@ class OnnxSlowTransformer:
         decoder = slow_graph(model, accuracy_level, int4, batched=batched)
         self.decoder = cpu_session(decoder, threads=threads if batched else 1)
         self.prefiller = cpu_session(slow_graph(model, accuracy_level, int4, int8_prompts), threads=threads)
-        self.rows = RowRunner(threads)
+        self.rows = RowRunner(1 if batched else threads)  # the per-row form's decoded rows side by side
         self._layers = c.n_layer
         self._cache_shape = (c.n_local_heads, c.head_dim)
         self._dim = c.dim
