@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -110,6 +111,72 @@ def test_cancelled_request_frees_its_slot(engine):
     assert engine.active_count == 0
 
 
+class BrokenSink(CollectingSink):
+    """A response stream that breaks: sending fails, and so does closing it with an error."""
+
+    def send(self, codes, context_frames):
+        raise RuntimeError("send failed")
+
+    def close(self, error):
+        super().close(error)
+        if error is not None:
+            raise RuntimeError("close failed")
+
+
+class GoneBeforeAdmission(CollectingSink):
+    """A client that gave up while queued, and whose stream cannot even be closed."""
+
+    def cancelled(self):
+        return True
+
+    def close(self, error):
+        super().close(error)
+        raise RuntimeError("close failed")
+
+
+def test_broken_response_streams_fail_only_their_own_request(engine):
+    broken = [BrokenSink(), BrokenSink(), GoneBeforeAdmission()]
+    good = CollectingSink()
+    with engine._cond:  # all four are admitted by the same scheduler iteration
+        for index, sink in enumerate(broken):
+            engine.submit(GenerationRequest(text=TEXTS[index], params=GREEDY, seed=1), sink)
+        engine.submit(GenerationRequest(text=TEXTS[3], params=GREEDY, seed=1), good)
+    assert good.result(60).shape[1] > 0
+    assert all(sink._done.wait(60) for sink in broken)
+    assert [str(sink.error) for sink in broken[:2]] == ["send failed", "send failed"]
+    assert broken[2].error is None
+    later = generate_codes(engine, [GenerationRequest(text=TEXTS[2], params=GREEDY, seed=1)])[0]
+    assert later.shape[1] > 0 and engine._thread.is_alive()
+    assert sorted(engine._free) == [0, 1, 2] and engine.active_count == 0
+
+
+class QueuedSink(CollectingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gave_up = threading.Event()
+
+    def cancelled(self):
+        return self.gave_up.is_set()
+
+
+def test_a_request_cancelled_while_queued_ends_before_a_slot_frees(engine):
+    long = SamplingParams(top_p=1e-6, max_new_tokens=400)
+    busy = [QueuedSink() for _ in range(3)]
+    for sink in busy:  # every slot decodes for a while
+        engine.submit(GenerationRequest(text=TEXTS[0], params=long, seed=1), sink)
+    deadline = time.monotonic() + 30
+    while engine.active_count < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = QueuedSink()
+    engine.submit(GenerationRequest(text=TEXTS[1], params=GREEDY, seed=1), queued)
+    queued.gave_up.set()
+    assert queued._done.wait(10) and queued.error is None and not queued.chunks
+    assert engine.pending_count == 0 and not any(sink._done.is_set() for sink in busy)
+    for sink in busy:
+        sink.gave_up.set()
+        assert sink._done.wait(60)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -176,3 +243,12 @@ def test_fast_decode_sampling_is_seeded_and_independent_of_the_batch(fast_engine
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(alone[0], other_seed)
+
+
+def test_fast_decode_takes_seeds_up_to_the_int64_limit_for_every_segment(fast_engine):
+    text = "First sentence is here. Second one follows it. A third closes the text."
+    request = GenerationRequest(
+        text=text, params=SamplingParams(max_new_tokens=6), seed=2**63 - 1, chunk_length=30
+    )
+    codes = generate_codes(fast_engine, [request])[0]
+    assert codes.shape[1] > 6  # more than one segment decoded

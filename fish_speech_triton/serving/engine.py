@@ -239,7 +239,7 @@ class SemanticEngine:
         for seq in list(self._active.values()):
             self._finish(seq, RuntimeError("the server is shutting down"))
         for _, sink in self._pending:
-            sink.close(RuntimeError("the server is shutting down"))
+            _close(sink, RuntimeError("the server is shutting down"))
 
     def _iterate(self) -> bool:
         """Admit what fits, then one batched decode step; False once the engine is stopping."""
@@ -252,7 +252,16 @@ class SemanticEngine:
             while self._pending and self._free:
                 admitted.append((*self._pending.popleft(), heapq.heappop(self._free)))
         for request, sink, slot in admitted:
-            self._admit(request, sink, slot)
+            try:
+                self._admit(request, sink, slot)
+            except Exception as exc:  # never lose a popped request: its slot comes back, its sink hears why
+                logger.exception("admitting a request failed")
+                seq = self._active.get(slot)
+                if seq is not None:
+                    self._finish(seq, exc)
+                elif not self._is_free(slot):  # a free slot means _admit already closed the sink
+                    self._release(slot)
+                    _close(sink, exc)
         self._drop_cancelled()
         self._report_load()
         if self._active:
@@ -272,9 +281,9 @@ class SemanticEngine:
     def _admit(self, request: GenerationRequest, sink: Sink, slot: int) -> None:
         chunk = request.stream_chunk_frames or self.stream_chunk_frames
         streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
-        if sink.cancelled():
+        if _cancelled(sink):
             self._release(slot)
-            sink.close(None)
+            _close(sink, None)
             return
         seq = None
         try:
@@ -287,7 +296,7 @@ class SemanticEngine:
                 self._finish(seq, exc)
             else:
                 self._release(slot)
-                sink.close(exc)
+                _close(sink, exc)
 
     def _start_segment(self, seq: _Sequence) -> None:
         """Prefill the prompt of the sequence's next segment and take its first frame."""
@@ -311,7 +320,7 @@ class SemanticEngine:
         seq.step = 0
         seq.frames = [seq.frame.cpu()]
         if self._static is not None:  # the static decoder keeps windows on the device, per slot
-            segment_seed = seq.seed + 7919 * seq.segment_index  # fresh noise for every segment
+            segment_seed = _int64(seq.seed + 7919 * seq.segment_index)  # fresh noise for every segment
             self._static.begin(seq.slot, seq.frame, seq.prompt_length, segment_seed, params)
         else:
             seq.window = RepetitionWindow(seq.frame.shape[0], seq.budget, self.device)
@@ -382,10 +391,22 @@ class SemanticEngine:
             self._finish(seq, None)
 
     def _drop_cancelled(self) -> None:
+        """End the requests whose clients gave up: decoding ones free their slot, queued ones their place."""
         for seq in list(self._active.values()):
-            if seq.sink.cancelled():
+            if _cancelled(seq.sink):
                 self._release(seq.slot)
-                seq.sink.close(None)
+                _close(seq.sink, None)
+        with self._cond:
+            waiting = list(self._pending)
+        gone = [entry for entry in waiting if _cancelled(entry[1])]
+        if gone:
+            ended = {id(entry) for entry in gone}
+            with self._cond:  # by identity: requests holding tensors do not compare with ==
+                kept = [entry for entry in self._pending if id(entry) not in ended]
+                self._pending.clear()
+                self._pending.extend(kept)
+            for _, sink in gone:
+                _close(sink, None)
 
     def _finish(self, seq: _Sequence, error: BaseException | None) -> None:
         if self._active.get(seq.slot) is not seq:
@@ -396,12 +417,38 @@ class SemanticEngine:
                 seq.streamer.flush()
         except Exception as exc:  # the sink failed while flushing: report it as the request's error
             error = exc
-        seq.sink.close(error)
+        _close(seq.sink, error)
+
+    def _is_free(self, slot: int) -> bool:
+        with self._cond:
+            return slot in self._free
 
     def _release(self, slot: int) -> None:
         self._active.pop(slot, None)
         with self._cond:
             heapq.heappush(self._free, slot)
+
+
+def _close(sink: Sink, error: BaseException | None) -> None:
+    """End a request; a sink that fails to close is logged, never allowed to reach other requests."""
+    try:
+        sink.close(error)
+    except Exception:
+        logger.exception("closing a request's response stream failed")
+
+
+def _cancelled(sink: Sink) -> bool:
+    """Whether the client gave up; a sink that cannot tell is treated as gone."""
+    try:
+        return bool(sink.cancelled())
+    except Exception:
+        logger.exception("asking whether a request was cancelled failed; ending it")
+        return True
+
+
+def _int64(value: int) -> int:
+    """`value` wrapped to a signed 64-bit integer (a seed plus an offset stays a valid seed)."""
+    return (value + 2**63) % 2**64 - 2**63
 
 
 def generate_codes(engine: SemanticEngine, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
