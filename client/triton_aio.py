@@ -14,7 +14,13 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
-from client.triton_stream import ServerError, ServerUnavailable, make_input
+from client.triton_stream import (
+    STREAM_SILENCE_S,
+    ServerError,
+    ServerUnavailable,
+    make_input,
+    server_error,
+)
 
 
 async def connect_async(url: str, model: str) -> grpcclient_aio.InferenceServerClient:
@@ -35,7 +41,7 @@ def failure(url: str, model: str, status: str, message: str) -> ServerError | Se
     """The error for a failed call: the server unreachable, or its answer for `model`."""
     if "UNAVAILABLE" in status:
         return ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {message}")
-    return ServerError(f"{model}: {message}")
+    return server_error(model, message, "INVALID_ARGUMENT" in status)
 
 
 async def stream_async(
@@ -43,31 +49,41 @@ async def stream_async(
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
-    timeout_s: float = 600.0,
+    silence_s: float = STREAM_SILENCE_S,
     url: str = "",
 ) -> AsyncIterator[dict[str, np.ndarray]]:
     """Send one request on a new stream and yield each non-final response's outputs as they arrive.
 
     Closing the generator early (the caller went away) cancels the request on the server. A stream that
-    ends without Triton's final response is an error, never a silently short result.
+    ends without Triton's final response, or stays silent for `silence_s` seconds, is an error, never a
+    silently short result.
     """
     done = asyncio.Event()
+    tensors = [
+        make_input(name, value) for name, value in inputs.items()
+    ]  # bad values fail here, not mid-call
 
     async def requests():  # the request stream stays open until the last response has arrived
         yield {
             "model_name": model,
-            "inputs": [make_input(name, value) for name, value in inputs.items()],
+            "inputs": tensors,
             "parameters": {"triton_enable_empty_final_response": True},
         }
         await done.wait()
 
-    responses = client.stream_infer(requests(), stream_timeout=timeout_s)
+    responses = client.stream_infer(requests())
     finished = False
     try:
-        async for result, error in responses:
+        while True:
+            try:
+                result, error = await asyncio.wait_for(anext(responses), silence_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise ServerError(f"{model}: no response for {silence_s:.0f} s") from exc
             if error is not None:
                 finished = True
-                raise ServerError(f"{model}: {error.message()}")
+                raise server_error(model, error.message())
             data = {name: result.as_numpy(name) for name in outputs if result.as_numpy(name) is not None}
             if data:
                 yield data
@@ -78,8 +94,6 @@ async def stream_async(
         raise ServerError(f"{model}: the stream ended before the final response")
     except grpc.aio.AioRpcError as exc:
         finished = True
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise ServerError(f"{model}: no complete answer within {timeout_s:.0f} s") from exc
         raise failure(url, model, str(exc.code()), exc.details() or str(exc.code())) from exc
     finally:
         done.set()

@@ -7,6 +7,7 @@ back as float32 and integer ones as int32, the types of every output of this rep
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from client.triton_stream import ServerError, ServerUnavailable
+from client.triton_stream import STREAM_SILENCE_S, ServerError, ServerUnavailable, server_error
 
 DEFAULT_HTTP_URL = "127.0.0.1:8000"
 
@@ -53,9 +54,13 @@ def http_stream(
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
-    timeout_s: float = 600.0,
+    silence_s: float = STREAM_SILENCE_S,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Send one request to `generate_stream` and yield each response's outputs as its event arrives."""
+    """Send one request to `generate_stream` and yield each response's outputs as its event arrives.
+
+    Triton ends a complete answer with the last chunk of its chunked reply; a connection that breaks
+    before it (or stays silent for `silence_s` seconds) is an error, never a silently short result.
+    """
     body = json.dumps({name: json_value(value) for name, value in inputs.items()}).encode("utf-8")
     request = urllib.request.Request(
         f"http://{url}/v2/models/{model}/generate_stream",
@@ -63,19 +68,40 @@ def http_stream(
         headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
     )
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (the user's server address)
+        response = urllib.request.urlopen(request, timeout=silence_s)  # noqa: S310 (the user's server address)
     except urllib.error.HTTPError as exc:
-        raise ServerError(f"{model}: {_error_text(exc.read())}") from exc
+        raise server_error(model, _error_text(exc.read()), exc.code == 400) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerUnavailable(f"no Triton server reachable at {url} (HTTP): {reason}") from exc
     with response:
-        for line in response:
+        if response.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            raise ServerError(f"{model}: the server at {url} did not stream its answer (no chunked reply)")
+        for line in _lines(response, model, silence_s):
             if not line.startswith(b"data:"):
                 continue
             event = json.loads(line[len(b"data:") :])
             if "error" in event:
-                raise ServerError(f"{model}: {event['error']}")
+                raise server_error(model, str(event["error"]))
             data = {name: _output_array(event[name]) for name in outputs if name in event}
             if data:
                 yield data
+
+
+def _lines(response: http.client.HTTPResponse, model: str, silence_s: float) -> Iterator[bytes]:
+    """The reply's lines; a reply cut short (no final chunk) or silent too long raises ServerError.
+
+    Read with `read1`, which raises on a broken chunked body; line iteration goes through `peek`, which
+    takes a connection closed mid-reply for the end of the body.
+    """
+    pending = b""
+    try:
+        while data := response.read1(65536):
+            *lines, pending = (pending + data).split(b"\n")
+            yield from lines
+        if pending:
+            yield pending
+    except TimeoutError as exc:
+        raise ServerError(f"{model}: no response for {silence_s:.0f} s") from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raise ServerError(f"{model}: the connection broke before the answer was complete ({exc!r})") from exc

@@ -1,8 +1,10 @@
 """Streaming calls to the Fish-Speech Triton models over gRPC, shared by every client and test.
 
 One stream carries one request: responses arrive on a queue until Triton's final (empty) response.
-Errors from the server surface as `ServerError` with Triton's message; an unreachable server as
-`ConnectionError` with the address.
+Errors from the server surface as `ServerError` with Triton's message (`RequestRefused` when the model
+refused the request's input); an unreachable server as `ServerUnavailable` with the address. A stream
+fails when no response arrives for `silence_s` seconds (the default `STREAM_SILENCE_S`), however long the
+whole answer takes.
 """
 
 from __future__ import annotations
@@ -17,23 +19,40 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.errors import REFUSAL_MARK, FishSpeechError, InputError
 
 DEFAULT_URL = "127.0.0.1:8001"
+# Longest wait for a stream's next response (the first one may wait for a free KV-cache slot).
+STREAM_SILENCE_S = 600.0
 
 
 class ServerError(FishSpeechError):
     """The server answered a request with an error."""
 
 
+class RequestRefused(ServerError):
+    """The model refused the request's input (Triton's INVALID_ARG): the client's to fix, not the server's."""
+
+
 class ServerUnavailable(FishSpeechError):
     """No Triton server answers at the address, or the model is not ready."""
+
+
+def server_error(model: str, message: str, invalid_argument: bool = False) -> ServerError:
+    """The error for `model`'s answer `message`; a refusal of the input when the status or the mark says so."""
+    refused = invalid_argument or REFUSAL_MARK in message
+    return (RequestRefused if refused else ServerError)(f"{model}: {message}")
 
 
 def make_input(name: str, value: object) -> grpcclient.InferInput:
     """An InferInput from a str/bytes (BYTES [1]) or a numpy array (its shape and dtype as they are)."""
     if isinstance(value, str):
-        value = value.encode("utf-8")
+        try:
+            value = value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: half of an emoji cut in two
+            raise InputError(
+                f"{name} is not valid Unicode text: {exc.reason} at character {exc.start}"
+            ) from exc
     array = np.array([value], dtype=object) if isinstance(value, bytes) else np.asarray(value)
     tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array)
@@ -82,7 +101,7 @@ def stream(
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
-    timeout_s: float = 600.0,
+    silence_s: float = STREAM_SILENCE_S,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Send one request on a new stream and yield each non-final response's outputs as they arrive.
 
@@ -97,16 +116,15 @@ def stream(
             [make_input(name, value) for name, value in inputs.items()],
             enable_empty_final_response=True,
         )
-        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                result, error = responses.get(timeout=max(0.0, deadline - time.monotonic()))
+                result, error = responses.get(timeout=silence_s)
             except queue.Empty as exc:
-                raise ServerError(f"{model}: no response within {timeout_s:.0f} s") from exc
+                raise ServerError(f"{model}: no response for {silence_s:.0f} s") from exc
             if error is not None:
                 message = error.message() if isinstance(error, InferenceServerException) else str(error)
                 finished = True
-                raise ServerError(f"{model}: {message}")
+                raise server_error(model, message)
             response = result.get_response()
             final = response.parameters.get("triton_final_response")
             data = {name: result.as_numpy(name) for name in outputs if result.as_numpy(name) is not None}
@@ -124,10 +142,10 @@ def collect(
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
-    timeout_s: float = 600.0,
+    silence_s: float = STREAM_SILENCE_S,
 ) -> StreamResult:
     result = StreamResult(started=time.perf_counter())
-    for chunk in stream(client, model, inputs, outputs, timeout_s):
+    for chunk in stream(client, model, inputs, outputs, silence_s):
         if result.first_chunk_at is None:
             result.first_chunk_at = time.perf_counter()
         result.chunks.append(chunk)
@@ -145,7 +163,7 @@ def infer(
     try:
         result = client.infer(model, [make_input(name, value) for name, value in inputs.items()])
     except InferenceServerException as exc:
-        raise ServerError(f"{model}: {exc.message()}") from exc
+        raise server_error(model, exc.message(), "INVALID_ARGUMENT" in str(exc.status())) from exc
     return {name: result.as_numpy(name) for name in outputs}
 
 

@@ -11,3 +11,8 @@ class CheckpointError(FishSpeechError):
 
 class InputError(FishSpeechError):
     """A request or a command-line input is invalid (bad audio, bad codes, empty text, out-of-range values)."""
+
+
+# How a Triton model's refusal of a request's input begins. It is also sent as INVALID_ARG, but Triton's gRPC
+# stream carries only an error's message: clients tell "your input" from "the server failed" by this mark.
+REFUSAL_MARK = "refused: "

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from client.triton_stream import RequestRefused
 from fish_speech_triton.errors import FishSpeechError, InputError
 from fish_speech_triton.gateway.asgi import AudioStream, BearerAuth, unless_client_leaves
 from fish_speech_triton.gateway.encoding import MEDIA_TYPES, encode_audio, pcm16, wav_header
@@ -171,11 +172,17 @@ async def _input_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # 401, 404, 405, 415: Starlette's routing and read_body
-    return error_response(request.url.path, exc.status_code, exc.detail)
+    return error_response(request.url.path, exc.status_code, exc.detail, exc.headers)  # 405 keeps Allow
 
 
 async def _client_left(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody reads it: the connection is gone
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """Triton refused the request's input (INVALID_ARG): the client's to fix, so a 400 with Triton's reason."""
+    log.info("%s %s refused by Triton: %s", request.method, request.url.path, exc)
+    return error_response(request.url.path, HTTPStatus.BAD_REQUEST, str(exc))
 
 
 async def _failure(request: Request, exc: Exception) -> Response:
@@ -217,6 +224,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         middleware=[Middleware(BearerAuth, api_key=settings.api_key)],
         exception_handlers={
             InputError: _input_error,
+            RequestRefused: _refused,
             HTTPException: _http_error,
             ClientDisconnect: _client_left,
             FishSpeechError: _failure,  # Triton failed or is unreachable

@@ -32,13 +32,23 @@ def _only_normal_speed(value: float) -> float:
     return value
 
 
+def _unicode(value: str) -> str:
+    """JSON may carry a lone surrogate (`"\\ud83d"`: half of an emoji cut in two); it is no text to speak."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text ({exc.reason} at character {exc.start})") from exc
+    return value
+
+
 Bytes = Annotated[bytes, BeforeValidator(_base64_in_json)]
+Text = Annotated[str, AfterValidator(_unicode)]
 AudioFormat = Literal["wav", "pcm", "mp3", "flac"]
 
 
 class ReferenceAudio(BaseModel):
     audio: Bytes  # a whole audio file: wav, flac, mp3, ogg...
-    text: str  # its transcript
+    text: Text  # its transcript
 
 
 class Sampling(BaseModel):
@@ -53,10 +63,10 @@ class Sampling(BaseModel):
 
 
 class TTSRequest(Sampling):
-    text: str
+    text: Text
     format: AudioFormat = "wav"
     references: list[ReferenceAudio] = []
-    reference_id: str | None = None
+    reference_id: Text | None = None
     use_memory_cache: Literal["on", "off"] = "off"
     normalize: bool = True
     streaming: bool = False
@@ -74,8 +84,8 @@ class SpeechRequest(Sampling):
     """OpenAI's `POST /v1/audio/speech`; `voice` names a stored reference."""
 
     model: str = "fish-speech-1.5"
-    input: str
-    voice: str | None = None
+    input: Text
+    voice: Text | None = None
     response_format: AudioFormat = "mp3"
     speed: Annotated[float, AfterValidator(_only_normal_speed)] = 1.0
     stream: bool = False

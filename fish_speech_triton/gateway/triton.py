@@ -12,15 +12,20 @@ from tritonclient.grpc import aio
 from tritonclient.utils import InferenceServerException
 
 from client.triton_aio import failure, stream_async
-from client.triton_stream import make_input
+from client.triton_stream import STREAM_SILENCE_S, make_input
 
 
 class TritonBackend:
-    """Streams and plain calls to the models of one Triton server. Create it inside the running event loop."""
+    """Streams and plain calls to the models of one Triton server. Create it inside the running event loop.
 
-    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+    A stream may take as long as its text needs, but fails after `silence_s` seconds without a response;
+    a plain call (the codec) fails after `timeout_s`.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 600.0, silence_s: float = STREAM_SILENCE_S) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.silence_s = silence_s
         self.client = aio.InferenceServerClient(url)
 
     async def close(self) -> None:
@@ -33,18 +38,15 @@ class TritonBackend:
 
         Closing the generator early (the HTTP client went away) cancels the request on the server.
         """
-        return stream_async(self.client, model, inputs, outputs, self.timeout_s, self.url)
+        return stream_async(self.client, model, inputs, outputs, self.silence_s, self.url)
 
     async def infer(
         self, model: str, inputs: Mapping[str, object], outputs: tuple[str, ...]
     ) -> dict[str, np.ndarray]:
         """A plain (non-decoupled) request."""
+        tensors = [make_input(name, value) for name, value in inputs.items()]
         try:
-            result = await self.client.infer(
-                model,
-                [make_input(name, value) for name, value in inputs.items()],
-                client_timeout=self.timeout_s,
-            )
+            result = await self.client.infer(model, tensors, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise failure(self.url, model, str(exc.status()), exc.message()) from exc
         return {name: result.as_numpy(name) for name in outputs}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
 
 import msgpack
@@ -65,10 +66,12 @@ def packed(payload: dict, media: str) -> Response:
     return JSONResponse(_jsonable(payload))
 
 
-def error_response(path: str, status: int, message: str) -> JSONResponse:
+def error_response(
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     if path.startswith(OPENAI_PREFIX):
         kind = "invalid_request_error" if status < 500 else "server_error"
         body: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     else:
         body = {"statusCode": int(status), "error": HTTPStatus(status).phrase, "message": message}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)

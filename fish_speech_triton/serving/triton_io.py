@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from fish_speech_triton.errors import InputError
+from fish_speech_triton.errors import REFUSAL_MARK, InputError
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ def optional_text(request: Any, name: str) -> str | None:
 def error(exc: BaseException) -> Any:
     """A Triton error carrying the exception's message (the full type only for unexpected failures)."""
     if isinstance(exc, InputError):  # the client's fault: INVALID_ARG (HTTP 400 on Triton's HTTP endpoint)
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        return pb_utils.TritonError(REFUSAL_MARK + str(exc), pb_utils.TritonError.INVALID_ARG)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
 
 

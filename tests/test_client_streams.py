@@ -1,0 +1,91 @@
+"""The streaming helpers of `client` against small fake servers: a broken or silent stream is an error,
+never a silently short result, and a refusal of the input is told apart from a server failure."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from client.triton_http import http_stream
+from client.triton_stream import RequestRefused, ServerError, server_error
+
+EVENT = b'data: {"AUDIO": [0.5, 0.25]}\n\n'
+
+
+@contextmanager
+def fake_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A one-connection HTTP server on a free port; `answer` writes whatever it likes on the socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            answer(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def collect(url: str, silence_s: float = 10.0) -> list[dict]:
+    return list(http_stream(url, "ensemble", {"TEXT": "hi"}, ("AUDIO",), silence_s))
+
+
+def test_a_complete_chunked_reply_gives_every_event():
+    with fake_server(lambda c: c.sendall(HEAD + chunk(EVENT) + chunk(EVENT) + b"0\r\n\r\n")) as url:
+        events = collect(url)
+    assert len(events) == 2 and events[0]["AUDIO"].tolist() == [0.5, 0.25]
+
+
+def test_a_reply_cut_before_its_last_chunk_is_an_error():
+    with (
+        fake_server(lambda c: c.sendall(HEAD + chunk(EVENT))) as url,
+        pytest.raises(ServerError, match="connection broke before the answer was complete"),
+    ):
+        collect(url)
+
+
+def test_a_reply_that_is_not_streamed_is_an_error():
+    plain = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + EVENT
+    with fake_server(lambda c: c.sendall(plain)) as url, pytest.raises(ServerError, match="did not stream"):
+        collect(url)
+
+
+def test_a_silent_stream_is_an_error_after_the_silence_limit():
+    release = threading.Event()
+
+    def stall(connection: socket.socket) -> None:
+        connection.sendall(HEAD + chunk(EVENT))
+        release.wait(5)
+
+    with fake_server(stall) as url, pytest.raises(ServerError, match="no response for 1 s"):
+        try:
+            collect(url, silence_s=1.0)
+        finally:
+            release.set()
+
+
+def test_refusals_are_told_apart_from_failures():
+    assert isinstance(server_error("llama_semantic", "refused: TEXT is empty"), RequestRefused)
+    assert isinstance(
+        server_error("vqgan_encoder", "AUDIO is too short", invalid_argument=True), RequestRefused
+    )
+    failure = server_error("llama_semantic", "RuntimeError: CUDA out of memory")
+    assert type(failure) is ServerError and str(failure) == "llama_semantic: RuntimeError: CUDA out of memory"
