@@ -14,19 +14,19 @@ from pathlib import Path
 
 from client.codes_file import read_codes
 from client.triton_stream import add_url_argument, connect, infer
-from fish_speech_triton.audio import CODEC_SAMPLE_RATE, save_wav
-from fish_speech_triton.errors import InputError
+from fish_speech_triton.audio import CODEC_SAMPLE_RATE, save_wav, wav_output
 from fish_speech_triton.tools.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.decode", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", "--input", type=Path, required=True, help="codes .npy, int [8, frames]")
-    parser.add_argument("-o", "--output", type=Path, default=Path("fake.wav"), help="wav file to write")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("fake.wav"), help="wav file to write (default %(default)s)"
+    )
     add_url_argument(parser)
     args = parser.parse_args(argv)
-    if args.output.suffix.lower() != ".wav":
-        raise InputError(f"--output must be a .wav file, got {args.output}")
+    wav_output(args.output)
     codes = read_codes(args.input)
     client = connect(args.url, "vqgan_decoder")
     started = time.perf_counter()

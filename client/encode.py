@@ -25,7 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "-i", "--input", type=Path, required=True, help="audio file (any rate, mixed to mono)"
     )
-    parser.add_argument("-o", "--output", type=Path, default=Path("fake.npy"), help="codes .npy to write")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("fake.npy"),
+        help="codes .npy to write (default %(default)s)",
+    )
     add_url_argument(parser)
     args = parser.parse_args(argv)
     check_codes_path(args.output)

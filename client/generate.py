@@ -64,7 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="reference codes .npy (from client.encode / tools.vqgan)",
     )
     parser.add_argument("--reference-id", help="a voice stored on the server (references/<id>/)")
-    parser.add_argument("--output-dir", type=Path, default=Path("temp"), help=f"where {OUTPUT_NAME} goes")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("temp"),
+        help=f"where {OUTPUT_NAME} goes (default %(default)s)",
+    )
     add_sampling_arguments(parser)
     add_url_argument(parser)
     args = parser.parse_args(argv)

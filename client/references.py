@@ -6,7 +6,8 @@ python -m client.references remove alice
 
 It works on the folder itself (`--references-dir`, the server's `references_dir`), so run it where that
 folder is (the server's host or a shared volume). `llama_semantic` encodes a new sample on first use and
-caches its codes next to it (`<name>.npy`); `list` shows which samples are cached.
+caches its codes next to it (`<name>.codes.npz`, e.g. `alice.wav.codes.npz`); `list` shows which samples
+are cached.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from pathlib import Path
 
 from fish_speech_triton.audio import load_audio
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.serving.references import AUDIO_SUFFIXES, audio_files, validate_reference_id
+from fish_speech_triton.serving.references import (
+    AUDIO_SUFFIXES,
+    audio_files,
+    cached_codes,
+    read_transcript,
+    validate_reference_id,
+)
 from fish_speech_triton.tools.cli import run_cli
 
 DEFAULT_DIR = Path("build") / "references"  # the builder's default: beside build/model_repository
@@ -37,12 +44,6 @@ def voice_ids(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def is_cached(audio: Path) -> bool:
-    """The server's rule: a sample's codes are reused while `<name>.npy` is not older than the audio."""
-    cache = audio.with_suffix(".npy")
-    return cache.is_file() and cache.stat().st_mtime >= audio.stat().st_mtime
 
 
 def add(root: Path, reference_id: str, audio: Path, text: str) -> Path:
@@ -70,8 +71,8 @@ def describe(root: Path) -> list[str]:
         lines.append(f"{reference_id}: {len(samples)} sample(s)")
         for audio in samples:
             lab = audio.with_suffix(".lab")
-            transcript = lab.read_text(encoding="utf-8").strip() if lab.is_file() else None
-            status = "codes cached" if is_cached(audio) else "not encoded yet"
+            transcript = read_transcript(lab) if lab.is_file() else None
+            status = "codes cached" if cached_codes(audio) is not None else "not encoded yet"
             text = f'"{transcript}"' if transcript is not None else "NO .lab TRANSCRIPT (the server skips it)"
             lines.append(f"  {audio.name}  {status}  {text}")
     return lines
@@ -104,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(lines) if lines else f"no stored voices in {root}")
     else:
         folder = voice_folder(root, args.id, exists=True)
-        shutil.rmtree(folder)
+        if folder.is_symlink():  # a voice linked in from elsewhere: remove the link, not what it points to
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
         print(f"removed {folder}")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from client.triton_http import DEFAULT_HTTP_URL, http_stream
 from client.triton_stream import DEFAULT_URL, StreamResult, connect, stream
-from fish_speech_triton.audio import load_audio, save_wav
+from fish_speech_triton.audio import load_audio, save_wav, wav_output
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.tools.cli import run_cli
 
@@ -27,12 +27,20 @@ SAMPLE_RATE = 44100
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampling options shared by the clients that run the LM (defaults: the server's)."""
-    parser.add_argument("--max-new-tokens", type=int, help="frames per text segment (0: up to the context)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="frames per text segment, 0: up to the context (server default 1024)",
+    )
     parser.add_argument("--top-p", type=float, help="nucleus sampling mass, 0 < p <= 1 (server default 0.7)")
     parser.add_argument("--temperature", type=float, help="0 < t < 2 (server default 0.7)")
     parser.add_argument("--repetition-penalty", type=float, help="0 < r < 2 (server default 1.2)")
     parser.add_argument("--seed", type=int, help="random seed for reproducible sampling")
-    parser.add_argument("--chunk-length", type=int, help="text segment length in UTF-8 bytes for long text")
+    parser.add_argument(
+        "--chunk-length",
+        type=int,
+        help="text segment length in UTF-8 bytes for long text (server default 200)",
+    )
 
 
 def sampling_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -132,17 +140,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference-audio", type=Path, help="a recording of the voice to clone (any rate)")
     parser.add_argument("--reference-text", help="the transcript of --reference-audio")
     parser.add_argument("--reference-id", help="a voice stored on the server (references/<id>/)")
-    parser.add_argument("--output", type=Path, default=Path("out.wav"), help="wav file to write (44.1 kHz)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("out.wav"),
+        help="wav file to write, 44.1 kHz (default %(default)s)",
+    )
     parser.add_argument("--streaming", action="store_true", help="report progress as chunks arrive")
     parser.add_argument("--play", action="store_true", help="play through the default audio device")
     parser.add_argument(
         "--url", help=f"Triton address HOST:PORT (default: gRPC {DEFAULT_URL}, HTTP {DEFAULT_HTTP_URL})"
     )
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="how to reach Triton")
+    parser.add_argument(
+        "--protocol",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="how to reach Triton (default %(default)s)",
+    )
     add_sampling_arguments(parser)
     args = parser.parse_args(argv)
     if not args.text.strip():
         raise FishSpeechError("--text is empty")
+    wav_output(args.output)
 
     result = synthesize(args)
     audio = result.concatenated("AUDIO")

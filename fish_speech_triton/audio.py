@@ -42,6 +42,13 @@ def load_audio(path: str | Path, target_sr: int = CODEC_SAMPLE_RATE) -> np.ndarr
     return resample(data.mean(axis=1), sr, target_sr)
 
 
+def wav_output(path: Path, option: str = "--output") -> Path:
+    """A command's output path, refused up front unless it names a .wav file (nothing else is written)."""
+    if path.suffix.lower() != ".wav":
+        raise InputError(f"{option} must be a .wav file, got {path}")
+    return path
+
+
 def save_wav(path: str | Path, audio: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
     """Write mono float audio (clipped to [-1, 1]) as a 16-bit PCM wav; parent directories are created."""
     path = Path(path)

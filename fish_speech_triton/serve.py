@@ -52,8 +52,8 @@ def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
 
 def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise FishSpeechError(f"{option} must be HOST:PORT, got {value!r}")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FishSpeechError(f"{option} must be HOST:PORT with a port from 1 to 65535, got {value!r}")
     return host, int(port)
 
 

@@ -163,12 +163,11 @@ def test_ensemble_with_reference_audio(client, codec, lm):
 
 
 def test_stored_reference_voice_is_encoded_once_and_cached(client, triton_deployment, codec, lm):
-    npy = triton_deployment.references_dir / STORED_VOICE / "sample.npy"
-    npy.unlink(missing_ok=True)
+    cache = triton_deployment.references_dir / STORED_VOICE / "sample.wav.codes.npz"  # written at first use
     inputs = greedy_inputs("Speak as Alice.", REFERENCE_ID=STORED_VOICE)
     audio = collect(client, "ensemble", inputs, ("AUDIO",)).concatenated("AUDIO")
-    assert npy.exists()
-    reference = Reference(STORED_VOICE_TEXT, torch.from_numpy(np.load(npy)).long())
+    with np.load(cache) as saved:
+        reference = Reference(STORED_VOICE_TEXT, torch.from_numpy(saved["codes"]).long())
     expected = offline_audio(codec, offline_codes(lm, "Speak as Alice.", (reference,)))
     np.testing.assert_allclose(audio, expected, atol=1e-4)
 

@@ -23,14 +23,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fish_speech_triton.gateway", description=__doc__.split("\n\n")[1].strip()
     )
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="HTTP address HOST:PORT")
-    parser.add_argument("--triton-url", default=DEFAULT_URL, help="Triton gRPC address HOST:PORT")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8080", help="HTTP address HOST:PORT (default %(default)s)"
+    )
+    parser.add_argument(
+        "--triton-url", default=DEFAULT_URL, help="Triton gRPC address HOST:PORT (default %(default)s)"
+    )
     parser.add_argument(
         "--references-dir",
         type=Path,
         help="the Triton server's stored voices (references/<id>/), to list them and check reference ids",
     )
-    parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="uvicorn log level (default %(default)s)",
+    )
     add_gateway_arguments(parser)
     args = parser.parse_args(argv)
     host, port = parse_listen(args.listen)

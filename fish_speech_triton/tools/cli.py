@@ -21,7 +21,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FishSpeechError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (FishSpeechError, OSError) as exc:  # OSError: missing or unwritable files, broken connections
         if os.environ.get("FISH_SPEECH_TRITON_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)

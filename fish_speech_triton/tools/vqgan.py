@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fish_speech_triton.audio import load_audio, save_wav
+from fish_speech_triton.audio import load_audio, save_wav, wav_output
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import NAMED_CONFIGS, CodecConfig, load_codec_config
 from fish_speech_triton.errors import InputError
@@ -96,8 +96,7 @@ def load_codes(path: Path, config: CodecConfig) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.output.suffix.lower() != ".wav":
-        raise InputError(f"--output must be a .wav file, got {args.output}")
+    wav_output(args.output)
     if not args.input.is_file():
         raise InputError(f"input file not found: {args.input}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
