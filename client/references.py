@@ -26,6 +26,7 @@ from fish_speech_triton.serving.references import (
     cached_codes,
     read_transcript,
     validate_reference_id,
+    voice_ids,
 )
 from fish_speech_triton.tools.cli import run_cli
 
@@ -38,12 +39,6 @@ def voice_folder(root: Path, reference_id: str, *, exists: bool) -> Path:
         known = ", ".join(voice_ids(root)) or "none"
         raise InputError(f"unknown reference id {reference_id!r} in {root} (stored: {known})")
     return folder
-
-
-def voice_ids(root: Path) -> list[str]:
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def add(root: Path, reference_id: str, audio: Path, text: str) -> Path:

@@ -86,3 +86,12 @@ def test_a_transcript_that_is_not_utf8_is_refused_by_name(tmp_path):
     (tmp_path / "dan" / "d.lab").write_bytes(b"caf\xe9")
     with pytest.raises(InputError, match="transcript d.lab is not UTF-8 text"):
         ReferenceStore(tmp_path, CountingEncoder()).load("dan")
+
+
+def test_only_voices_a_request_can_name_are_listed(tmp_path):
+    for name in ("alice", "José", ".hidden", "bob "):
+        (tmp_path / "voices" / name).mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "voices" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "voices" / "notes.txt").write_text("not a voice")
+    assert ReferenceStore(tmp_path / "voices", CountingEncoder()).ids() == ["alice"]

@@ -50,6 +50,18 @@ def validate_reference_id(reference_id: str) -> str:
     return reference_id
 
 
+def voice_ids(root: Path) -> list[str]:
+    """The voices under `root` a request can name: folders with a valid id that stay inside `root`."""
+    if not root.is_dir():
+        return []
+    base = root.resolve()
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and _ID.fullmatch(p.name) and ".." not in p.name and p.resolve().parent == base
+    )
+
+
 def audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
@@ -111,9 +123,7 @@ class ReferenceStore:
         return folder
 
     def ids(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return voice_ids(self.root)
 
     def load(self, reference_id: str) -> list[Reference]:
         folder = self.folder(reference_id)
