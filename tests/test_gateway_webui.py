@@ -142,3 +142,9 @@ def test_a_complete_file_from_an_uploaded_reference_plays_and_downloads(page, tm
     )
     audio, rate = sf.read(io.BytesIO(bytes(flac)))
     assert rate == 44100 and audio.size == 16 * 2048
+
+    page.fill(
+        "#max-new-tokens", ""
+    )  # an emptied field takes the API's default, it is not sent as 0 (no limit)
+    body = page.evaluate("async () => JSON.parse(JSON.stringify(await requestBody(false)))")
+    assert "max_new_tokens" not in body and body["seed"] == 7

@@ -81,7 +81,8 @@ function base64(file) {
 }
 
 async function requestBody(streaming) {
-  const number = (id) => Number($(id).value);
+  // an emptied field is left out (the API's default applies), never sent as 0
+  const number = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
   const body = {
     text: $("text").value,
     streaming,
