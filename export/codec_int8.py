@@ -31,6 +31,7 @@ import torch
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.serving.codec_runtime import CONTEXT_FRAMES, decode_in_windows
 
 CALIBRATION_SECONDS = 8.0
 CALIBRATION_WINDOW_FRAMES = 40
@@ -169,13 +170,13 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 def verify_int8(float_path: str | Path, int8_path: str | Path, codes: np.ndarray) -> Int8Report:
     """Decode `codes [8, F]` with both graphs; raise below `MIN_SNR_DB` or when windowed decode drifts."""
-    from export.codec_onnx import decode_in_windows, onnx_session
+    from export.codec_onnx import onnx_session
 
     feeds = {"codes": codes[None], "context_frames": np.zeros(1, dtype=np.int64)}
     expected = onnx_session(float_path).run(["audio"], feeds)[0]
     int8 = onnx_session(int8_path)
     one_shot = int8.run(["audio"], feeds)[0]
-    windowed = decode_in_windows(int8, codes[None], step=24, context=16)
+    windowed = decode_in_windows(int8, codes[None], step=24, context=CONTEXT_FRAMES)
     report = Int8Report(
         frames=codes.shape[-1],
         snr_db=snr_db(expected, one_shot),

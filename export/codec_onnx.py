@@ -33,6 +33,7 @@ from fish_speech_triton.codec.config import NAMED_CONFIGS, load_codec_config
 from fish_speech_triton.codec.layers import with_polyphase_upsampling
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.serving.codec_runtime import CONTEXT_FRAMES, decode_in_windows
 from fish_speech_triton.tools.cli import run_cli
 
 DEFAULT_OPSET = 17
@@ -190,19 +191,6 @@ def onnx_session(path: str | Path, threads: int = 2):  # -> onnxruntime.Inferenc
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def decode_in_windows(session, codes: np.ndarray, step: int, context: int) -> np.ndarray:
-    """Decode int32 [B, 8, F] window by window (each with up to `context` frames of left context); concatenated."""
-    pieces = []
-    for start in range(0, codes.shape[-1], step):
-        left = max(0, start - context)
-        feeds = {
-            "codes": codes[..., left : start + step],
-            "context_frames": np.array([start - left], dtype=np.int64),
-        }
-        pieces.append(session.run(["audio"], feeds)[0])
-    return np.concatenate(pieces, axis=-1)
-
-
 def verify_parity(
     codec: FireflyCodec,
     encoder_path: str | Path,
@@ -233,7 +221,7 @@ def verify_parity(
     one_shot = decoder.run(
         ["audio"], {"codes": expected_codes, "context_frames": np.zeros(1, dtype=np.int64)}
     )[0]
-    windowed = decode_in_windows(decoder, expected_codes, step=24, context=16)
+    windowed = decode_in_windows(decoder, expected_codes, step=24, context=CONTEXT_FRAMES)
     report = ParityReport(
         code_positions=expected_codes.size,
         code_flips=flips,

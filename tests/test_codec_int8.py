@@ -25,14 +25,13 @@ from export.codec_onnx import (
     DECODER_FILE,
     ENCODER_FILE,
     INT8_DECODER_FILE,
-    decode_in_windows,
     export_decoder,
     export_int8_decoder,
     onnx_session,
 )
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.errors import FishSpeechError, InputError
-from fish_speech_triton.serving.codec_runtime import OnnxDecoder
+from fish_speech_triton.serving.codec_runtime import OnnxDecoder, decode_in_windows
 
 pytestmark = pytest.mark.usefixtures("codec_single_thread")
 

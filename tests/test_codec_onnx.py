@@ -15,7 +15,6 @@ import torch
 from export.codec_onnx import (
     DECODER_FILE,
     ENCODER_FILE,
-    decode_in_windows,
     export_decoder,
     onnx_session,
     verify_parity,
@@ -24,7 +23,8 @@ from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
-from fish_speech_triton.serving.codec_runtime import OnnxEncoder
+from fish_speech_triton.serving import codec_runtime
+from fish_speech_triton.serving.codec_runtime import OnnxDecoder, OnnxEncoder, decode_in_windows
 
 pytestmark = pytest.mark.usefixtures("codec_single_thread")
 
@@ -240,3 +240,27 @@ def test_encoder_keeps_the_codes_of_its_latest_recordings_never_a_refusal(codec_
     assert counting.runs == 2
     with pytest.raises(FishSpeechError, match="cache_entries"):
         OnnxEncoder(codec_small_onnx / ENCODER_FILE, cache_entries=-1)
+
+
+def test_long_decodes_run_in_windows_and_equal_one_shot(codec_small_onnx: Path, monkeypatch) -> None:
+    decoder = OnnxDecoder(codec_small_onnx / DECODER_FILE, threads=1, max_frames=80)
+    codes = np.random.default_rng(1).integers(0, 1000, (8, 80), dtype=np.int32)
+    one_shot = decoder.decode(codes, context_frames=5)  # 80 frames: one run of the default window
+    runs = CountingSession(decoder.session)
+    decoder.session = runs
+    monkeypatch.setattr(codec_runtime, "WINDOW_FRAMES", 20)
+    windowed = decoder.decode(codes, context_frames=5)
+    assert runs.runs == 4 and windowed.shape == one_shot.shape == (75 * 2048,)
+    assert np.abs(windowed - one_shot).max() <= 1e-4
+    with pytest.raises(FishSpeechError, match="81 frames .* at most 80 .*max_frames"):
+        decoder.decode(np.zeros((8, 81), np.int32))
+
+
+def test_encoder_refuses_audio_on_another_scale_and_checks_before_its_cache(codec_small_onnx: Path) -> None:
+    encoder = OnnxEncoder(codec_small_onnx / ENCODER_FILE, threads=1, cache_entries=4)
+    speech = synthetic_speech(0.5, 44100, seed=1)
+    with pytest.raises(FishSpeechError, match="peaks at .*divide them by 32768"):
+        encoder.encode(speech * 32767)
+    encoder.encode(speech)  # cached now; the same samples at an unsupported rate are still refused
+    with pytest.raises(FishSpeechError, match="unsupported sample rate 10 Hz"):
+        encoder.encode(speech, sample_rate=10)

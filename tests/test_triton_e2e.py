@@ -240,7 +240,9 @@ BAD_REQUESTS = [
         {"AUDIO": np.zeros(5000, np.float32), "SAMPLE_RATE": np.array([1000], np.int32)},
         "sample rate",
     ),
+    ("vqgan_encoder", {"AUDIO": np.full(5000, 12000.0, np.float32)}, "divide them by 32768"),
     ("vqgan_decoder", {"CODES": np.full((8, 4), 5000, np.int32)}, "out of range"),
+    ("vqgan_decoder", {"CODES": np.zeros((8, 21601), np.int32)}, "max_frames"),
     (
         "vqgan_decoder",
         {"CODES": np.zeros((8, 4), np.int32), "CONTEXT_FRAMES": np.array([9], np.int32)},

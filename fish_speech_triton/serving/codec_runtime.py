@@ -24,6 +24,15 @@ CODE_LIMIT = 1024
 MIN_SAMPLES = 769
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
+# Float samples live in [-1, 1]; beyond this peak the audio is on another scale (int16 values sent as
+# floats) or broken, and the codec's spectrogram would give wrong codes (or overflow) without an error.
+MAX_PEAK = 2.0
+# Frames of left context that make a piece of a decode equal the one-shot decode (the decoder's receptive
+# field is ~15 frames; codec.model.decode_window): the streamed chunks and the decoder's windows use it.
+CONTEXT_FRAMES = 16
+# A long decode runs in windows of this many new frames (each with CONTEXT_FRAMES before it), so its memory
+# stays that of one window (~1 MB a frame on CPU) whatever the length.
+WINDOW_FRAMES = 256
 
 
 def _providers(device: str) -> list:
@@ -88,7 +97,8 @@ class OnnxEncoder:
         self.cache_entries = cache_entries
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
-    def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    def check(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The samples as float32 `[N]`, refused unless they are audio the encoder can take (cheap checks)."""
         if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
             raise InputError(
                 f"unsupported sample rate {sample_rate} Hz: expected {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
@@ -96,12 +106,23 @@ class OnnxEncoder:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise InputError("reference audio is empty")
-        if not np.isfinite(audio).all():
-            raise InputError("reference audio contains NaN or infinite samples")
         if audio.size / sample_rate > self.max_seconds:
             raise InputError(
                 f"reference audio is {audio.size / sample_rate:.1f} s long: at most {self.max_seconds:.0f} s"
             )
+        if not np.isfinite(audio).all():
+            raise InputError("reference audio contains NaN or infinite samples")
+        peak = float(np.abs(audio).max())
+        if peak > MAX_PEAK:
+            raise InputError(
+                f"reference audio peaks at {peak:.4g}: float samples must lie in [-1, 1] "
+                "(16-bit PCM values: divide them by 32768)"
+            )
+        return audio
+
+    def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Checked samples resampled to 44.1 kHz, long enough for the codec's front end."""
+        audio = self.check(audio, sample_rate)
         if sample_rate != SAMPLE_RATE:
             audio = resample(audio, sample_rate, SAMPLE_RATE)
         if audio.size < MIN_SAMPLES:
@@ -112,11 +133,11 @@ class OnnxEncoder:
         return audio
 
     def encode(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        samples = np.ascontiguousarray(self.check(audio, sample_rate))
         key = None
-        if self.cache_entries:  # the samples hashed in place, then the rate
-            digest = hashlib.sha256(memoryview(samples))
-            digest.update(str(sample_rate).encode())
+        if self.cache_entries:  # the rate (fixed width), then the samples hashed in place
+            digest = hashlib.sha256(int(sample_rate).to_bytes(8, "little", signed=True))
+            digest.update(memoryview(samples))
             key = digest.digest()
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -144,11 +165,32 @@ def validate_codes(codes: np.ndarray, what: str = "codes") -> np.ndarray:
     return codes.astype(np.int32, copy=False)
 
 
-class OnnxDecoder:
-    """Codes `[8, F]` (the first `context_frames` of them left context) → 44.1 kHz audio after the context."""
+def decode_in_windows(session, codes: np.ndarray, step: int, context: int, first: int = 0) -> np.ndarray:
+    """Decode int32 `[B, 8, F]` from frame `first` on, `step` new frames a run, each run after up to `context`
+    frames of left context; the runs' audio `[B, 1, samples]` concatenated."""
+    pieces = []
+    for start in range(first, codes.shape[-1], step):
+        left = max(0, start - context)
+        feeds = {
+            "codes": codes[..., left : start + step],
+            "context_frames": np.array([start - left], dtype=np.int64),
+        }
+        pieces.append(session.run(["audio"], feeds)[0])
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-1)
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0):
+
+class OnnxDecoder:
+    """Codes `[8, F]` (the first `context_frames` of them left context) → 44.1 kHz audio after the context.
+
+    At most `max_frames` frames a request (default 21,600: ~1,000 s of audio, 190 MB of float32 samples);
+    longer ones run in windows of `WINDOW_FRAMES` new frames, each after `CONTEXT_FRAMES` of context.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, max_frames: int = 21600):
+        if max_frames < 1:
+            raise InputError(f"max_frames must be at least 1, got {max_frames}")
         self.session = open_session(path, device, threads)
+        self.max_frames = max_frames
 
     def decode(self, codes: np.ndarray, context_frames: int = 0) -> np.ndarray:
         codes = validate_codes(codes)
@@ -161,8 +203,12 @@ class OnnxDecoder:
             raise InputError(
                 f"context_frames must be in [0, {frames}) for {frames} frames, got {context_frames}"
             )
-        (audio,) = self.session.run(
-            ["audio"],
-            {"codes": codes[None], "context_frames": np.array([context_frames], dtype=np.int64)},
+        if frames > self.max_frames:
+            raise InputError(
+                f"{frames} frames ({frames * SAMPLES_PER_FRAME / SAMPLE_RATE:.0f} s of audio) in one request: "
+                f"at most {self.max_frames} (the model's max_frames); send them in parts"
+            )
+        audio = decode_in_windows(
+            self.session, codes[None], WINDOW_FRAMES, CONTEXT_FRAMES, first=context_frames
         )
         return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)

@@ -38,12 +38,11 @@ from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.lm.prompt import PromptBuilder, Reference
 from fish_speech_triton.lm.static_decode import StaticDecoder
 from fish_speech_triton.lm.tokenizer import FishTokenizer
+from fish_speech_triton.serving.codec_runtime import CONTEXT_FRAMES
 from fish_speech_triton.serving.threads import step_threads
 
 logger = logging.getLogger(__name__)
 
-# Frames of left context sent before each chunk's new frames (the decoder needs >= 12 for an exact result).
-CONTEXT_FRAMES = 16
 # History budget of the iterative prompt, as in the offline long-text loop.
 MAX_LENGTH = 2048
 

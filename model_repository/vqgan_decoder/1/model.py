@@ -18,6 +18,7 @@ class TritonPythonModel:
             version_dir(args) / params["onnx_file"],
             device=device_of(args, params.get("device", "cpu")),
             threads=int(params.get("intra_op_threads", "0")),
+            max_frames=int(params.get("max_frames", "21600")),
         )
 
     def _decode(self, request):
