@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fish_speech_triton.code_digest import builder_digest
+from fish_speech_triton.code_digest import builder_digest, file_stamps
 from fish_speech_triton.hub import CODEC_FILE, DEFAULT_REPO_ID, LM_FILES
 
 CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)
@@ -209,10 +209,7 @@ def build_command(settings: Settings, output_dir: Path) -> list[str]:
 
 def _build_fingerprint(settings: Settings, command: Sequence[str]) -> str:
     """What the built repository depends on: the command, the builder and the checkpoint files."""
-    files = {}
-    for name in CHECKPOINT_FILES:
-        stat = (settings.checkpoint_dir / name).stat()
-        files[name] = [stat.st_size, stat.st_mtime_ns]
+    files = file_stamps(settings.checkpoint_dir / name for name in CHECKPOINT_FILES)
     code = builder_digest(settings.app_dir)  # a new image never reuses an old repository
     blob = json.dumps({"command": list(command[1:]), "files": files, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

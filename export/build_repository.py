@@ -12,6 +12,8 @@ match the PyTorch codec and that the LM checkpoint loads.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import string
 import sys
@@ -74,6 +76,8 @@ class RepositoryOptions:
         for name in ("torch_threads", "codec_threads", "encoder_threads"):
             if getattr(self, name) < 0:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be 0 (all cores) or more")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise FishSpeechError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         _ = self.levers  # known values that go together, or InputError
         if self.weight_quantization != "none" and not self.device.startswith("cpu"):
             raise FishSpeechError(
@@ -116,8 +120,11 @@ def decoder_onnx_file(opts: RepositoryOptions) -> str:
 
 def _template_values(opts: RepositoryOptions) -> dict[str, str]:
     gpu = opts.device.startswith("cuda")
+    _, _, index = opts.device.partition(":")
     return {
         "instance_kind": "KIND_GPU" if gpu else "KIND_CPU",
+        # cuda:N pins every instance to GPU N; plain cuda lets Triton place `count` instances on EACH GPU
+        "instance_gpus": f" gpus: [ {index} ]" if index else "",
         "codec_instances": str(opts.codec_instances),
         "lm_instances": str(opts.lm_instances),
         "codec_device": "cuda" if gpu else "cpu",
@@ -153,7 +160,13 @@ def write_configs(opts: RepositoryOptions) -> None:
         except KeyError as exc:  # a template names a value this builder does not know: a bug, say which
             raise FishSpeechError(f"{src / 'config.pbtxt'} uses unknown value ${{{exc.args[0]}}}") from exc
     (opts.output_dir / "ensemble" / "1" / ".gitkeep").unlink(missing_ok=True)
-    Path(values["references_dir"]).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(values["references_dir"]).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only volume: stored voices are optional, the server reads them if present
+        print(
+            f"[build] no references folder {values['references_dir']} ({exc}); serving without",
+            file=sys.stderr,
+        )
 
 
 def export_codec(opts: RepositoryOptions) -> None:
@@ -200,13 +213,29 @@ def verify_lm(opts: RepositoryOptions) -> None:
 
 
 def build_repository(opts: RepositoryOptions) -> Path:
-    opts.output_dir.mkdir(parents=True, exist_ok=True)
-    write_configs(opts)
-    export_codec(opts)
+    """Build the repository in `<output_dir>.partial` beside it, then put it in place of the old one: an
+    interrupted or failed build never leaves a repository that looks complete (a mounted volume, which
+    cannot be renamed, is built in place). The LM is checked first, before minutes of codec export."""
+    final = opts.output_dir
     if opts.verify:
         verify_lm(opts)
-    print(f"[build] model repository ready: {opts.output_dir}", file=sys.stderr)
-    return opts.output_dir
+    in_place = os.path.ismount(final)
+    staged = opts if in_place else replace(opts, output_dir=final.with_name(final.name + ".partial"))
+    staged = replace(staged, references_dir=default_references_dir(opts))
+    if not in_place:
+        shutil.rmtree(staged.output_dir, ignore_errors=True)
+    staged.output_dir.mkdir(parents=True, exist_ok=True)
+    write_configs(staged)
+    export_codec(staged)
+    if not in_place:
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        staged.output_dir.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    print(f"[build] model repository ready: {final}", file=sys.stderr)
+    return final
 
 
 def add_process_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -253,7 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--decoder-config-name", default="firefly_gan_vq", help="named codec architecture")
     group.add_argument("--decoder-config", type=Path, help="codec architecture from a JSON file instead")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the LM; the codec follows it")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (default cpu). The codec follows it. cuda:N pins every model instance to GPU N; "
+        "plain cuda lets Triton put the instances on each visible GPU",
+    )
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),

@@ -26,7 +26,7 @@ from export.build_repository import (
     default_references_dir,
     options_from_args,
 )
-from fish_speech_triton.code_digest import builder_digest
+from fish_speech_triton.code_digest import builder_digest, file_stamps
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.tools.cli import run_cli
@@ -38,10 +38,19 @@ BUILD_INFO = "build_info.json"
 
 def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
     """Build the repository unless one built with exactly these options, by this builder and from these
-    templates, is already there."""
+    templates, out of the same checkpoint files, is already there."""
     info_path = opts.output_dir / BUILD_INFO
     built_by = builder_digest(Path(export.__file__).resolve().parent.parent)
-    wanted = json.dumps({"options": asdict(opts), "code": built_by}, default=str, sort_keys=True)
+    sources = [
+        opts.llama_checkpoint,
+        opts.decoder_checkpoint,
+        *([opts.decoder_config] if opts.decoder_config else []),
+    ]
+    wanted = json.dumps(
+        {"options": asdict(opts), "code": built_by, "files": file_stamps(sources)},
+        default=str,
+        sort_keys=True,
+    )
     if not rebuild and info_path.exists() and info_path.read_text() == wanted:
         print(f"[serve] using the model repository in {opts.output_dir}", file=sys.stderr)
         return opts.output_dir

@@ -66,6 +66,28 @@ def test_gpu_build_defaults_to_bf16_and_the_fast_decode_path(tmp_path, triton_ch
     assert parameter(configs["vqgan_encoder"], "device") == "cuda"
     off = configs_for(tmp_path / "off", triton_checkpoint, "--device", "cuda", "--fast-decode", "off")
     assert parameter(off["llama_semantic"], "fast_decode") == "false"
+    assert "gpus" not in llama  # plain cuda: Triton places the instances on every GPU it sees
+    pinned = configs_for(tmp_path / "pinned", triton_checkpoint, "--device", "cuda:1")
+    for config in (pinned[m] for m in ("llama_semantic", "vqgan_encoder", "vqgan_decoder")):
+        assert re.search(r"instance_group \[ \{ kind: KIND_GPU count: \d+ gpus: \[ 1 \] \} \]", config)
+
+
+def test_an_interrupted_build_leaves_the_previous_repository_whole(tmp_path, triton_checkpoint, monkeypatch):
+    opts = RepositoryOptions(
+        triton_checkpoint.lm_dir, triton_checkpoint.codec_path, tmp_path / "repo", verify=False
+    )
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts: None)
+    build_repository_module.build_repository(opts)
+    before = (opts.output_dir / "llama_semantic" / "config.pbtxt").read_text()
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_repository_module, "export_codec", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_repository_module.build_repository(RepositoryOptions(**{**vars(opts), "kv_slots": 3}))
+    assert (opts.output_dir / "llama_semantic" / "config.pbtxt").read_text() == before
+    assert parameter(before, "kv_slots") == "8"
 
 
 def test_speed_levers_reach_the_lm_config(tmp_path, triton_checkpoint):
@@ -120,6 +142,7 @@ def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
         ({"slow_transformer_runtime": "onnxruntime"}, "needs weight_quantization int4"),
         ({"codec_precision": "fp16"}, "--codec-precision must be one of fp32, int8"),
         ({"device": "cuda", "codec_precision": "int8"}, "int8 is for CPUs"),
+        ({"device": "gpu"}, "--device must be cpu, cuda or cuda:N, got 'gpu'"),
         (
             {"fast_decode": True, "weight_quantization": "int4", "slow_transformer_runtime": "onnxruntime"},
             "use --fast-decode off with --slow-transformer-runtime onnxruntime",

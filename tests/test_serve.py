@@ -75,3 +75,10 @@ def test_a_repository_is_reused_only_when_built_with_these_options_by_this_code(
     template.write_text("b")
     serve.ensure_repository(opts)
     assert len(builds) == 4  # a changed template
+    (tmp_path / "codec.pth").write_bytes(b"weights")
+    serve.ensure_repository(opts)
+    serve.ensure_repository(opts)
+    assert len(builds) == 5  # another checkpoint file: rebuilt, then reused
+    (tmp_path / "codec.pth").write_bytes(b"other weights")
+    serve.ensure_repository(opts)
+    assert len(builds) == 6
