@@ -13,8 +13,21 @@ CODEC_FILE = "firefly-gan-vq-fsq-8x1024-21hz-generator.pth"
 
 
 def _looks_like_repo_id(value: str) -> bool:
+    """`owner/name`, unless `owner` is a local folder (then it is a local path that does not exist)."""
     parts = value.split("/")
-    return len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~"))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not value.startswith((".", "/", "~"))
+        and not Path(parts[0]).is_dir()
+    )
+
+
+def _download_hint(files: tuple[str, ...]) -> str:
+    return (
+        f"The published weights: `huggingface-cli download {DEFAULT_REPO_ID} --local-dir "
+        f"checkpoints/{DEFAULT_REPO_ID.split('/')[-1]}` (the files {', '.join(files)}), then pass that path."
+    )
 
 
 def resolve_checkpoint(path_or_repo: str | Path, files: tuple[str, ...] = LM_FILES) -> Path:
@@ -29,18 +42,15 @@ def resolve_checkpoint(path_or_repo: str | Path, files: tuple[str, ...] = LM_FIL
         return path
     text = str(path_or_repo)
     if not _looks_like_repo_id(text):
-        raise CheckpointError(f"checkpoint not found: {text}")
+        raise CheckpointError(f"checkpoint not found: {text}. {_download_hint(files)}")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=text, allow_patterns=list(files)))
     except Exception as exc:  # network errors, missing repo, offline mode: all mean the same to the user
-        wanted = ", ".join(files)
         raise CheckpointError(
-            f"{text!r} is not a local path and could not be downloaded from Hugging Face ({exc.__class__.__name__}). "
-            f"Download the files {wanted} of https://huggingface.co/{text} (for example "
-            f"`huggingface-cli download {text} --local-dir checkpoints/{text.split('/')[-1]}`) "
-            f"and pass that directory."
+            f"{text!r} is no local path, and no Hugging Face repository of that name could be downloaded "
+            f"({exc.__class__.__name__}). {_download_hint(files)}"
         ) from exc
 
 
