@@ -34,13 +34,18 @@ python -m fish_speech_triton.serve "${CHECKPOINT_ARGS[@]}" --model-repository "$
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 
+ready() {  # Triton's readiness endpoint answers 200 (python: no curl needed on a fresh machine)
+    python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://127.0.0.1:$HTTP_PORT/v2/health/ready" 2>/dev/null
+}
+
 echo "[demo] starting the server (log: $LOG)"
 for _ in $(seq 1 600); do
-    if curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null; then break; fi
+    if ready; then break; fi
     if ! kill -0 $SERVER 2>/dev/null; then echo "[demo] the server exited:"; tail -30 "$LOG"; exit 1; fi
     sleep 1
 done
-curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null || { echo "[demo] server not ready"; tail -30 "$LOG"; exit 1; }
+ready || { echo "[demo] server not ready"; tail -30 "$LOG"; exit 1; }
 echo "[demo] server ready: HTTP 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$GRPC_PORT"
 
 python -m client.tts --url "127.0.0.1:$GRPC_PORT" --text "$TEXT" --output "$OUTPUT" --streaming "${TTS_ARGS[@]}"
