@@ -264,3 +264,12 @@ def test_encoder_refuses_audio_on_another_scale_and_checks_before_its_cache(code
     encoder.encode(speech)  # cached now; the same samples at an unsupported rate are still refused
     with pytest.raises(FishSpeechError, match="unsupported sample rate 10 Hz"):
         encoder.encode(speech, sample_rate=10)
+
+
+def test_a_gpu_codec_device_without_a_gpu_onnxruntime_is_refused(codec_small_onnx: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(FishSpeechError, match="needs onnxruntime's CUDAExecutionProvider.*onnxruntime-gpu"):
+        OnnxDecoder(codec_small_onnx / DECODER_FILE, device="cuda:0")

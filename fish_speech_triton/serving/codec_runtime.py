@@ -35,9 +35,17 @@ CONTEXT_FRAMES = 16
 WINDOW_FRAMES = 256
 
 
-def _providers(device: str) -> list:
-    """onnxruntime providers for `cpu`, `cuda[:N]` or `tensorrt[:N]` (CPU stays as the fallback)."""
+def _providers(device: str, available: list[str]) -> list:
+    """onnxruntime providers for `cpu`, `cuda[:N]` or `tensorrt[:N]` (CPU stays as the fallback for the
+    operators a GPU provider lacks). A GPU device with a CPU-only onnxruntime is refused: onnxruntime would
+    quietly run the whole codec on the CPU."""
     kind, _, index = device.partition(":")
+    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(kind)
+    if wanted is not None and wanted not in available:
+        raise InputError(
+            f"codec device {device!r} needs onnxruntime's {wanted}, which this onnxruntime lacks "
+            f"(it has {', '.join(available)}): install onnxruntime-gpu, or build for the cpu device"
+        )
     options = {"device_id": int(index)} if index.isdigit() else {}
     if kind == "cuda":
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
@@ -71,7 +79,8 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # ->
     if device == "cpu":
         # The codec shares the CPU cores with the LM: idle threads that spin between ops steal them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=_providers(device))
+    providers = _providers(device, ort.get_available_providers())
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 class OnnxEncoder:
