@@ -267,6 +267,7 @@ BAD_REQUESTS = [
         "repetition_penalty",
     ),
     ("llama_semantic", {"TEXT": "word " * 3000, "CHUNK_LENGTH": np.array([1000], np.int32)}, "holds at most"),
+    ("llama_semantic", {"TEXT": "hi", "CHUNK_LENGTH": np.array([1], np.int32)}, "CHUNK_LENGTH must be in"),
     (
         "ensemble",
         {"TEXT": "hi", "REFERENCE_AUDIO": np.zeros(100, np.float32), "REFERENCE_TEXT": "x"},

@@ -15,7 +15,7 @@ from fish_speech_triton.lm.prompt import Reference, validate_codes
 from fish_speech_triton.serving.engine import GenerationRequest
 from fish_speech_triton.serving.references import ReferenceStore
 
-MIN_CHUNK_LENGTH = 1
+MIN_CHUNK_LENGTH = 100  # the original API's minimum: shorter segments cut words apart
 MAX_CHUNK_LENGTH = 1000
 MAX_STREAM_CHUNK_FRAMES = 1024
 

@@ -15,14 +15,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fish_speech_triton.errors import REFUSAL_MARK, InputError
+from fish_speech_triton.serving.model_parameters import ModelParameters
 
 T = TypeVar("T")
 
 
-def model_parameters(args: dict[str, str]) -> dict[str, str]:
-    """The `parameters` block of the model's config.pbtxt as a plain dict of strings."""
+def model_parameters(args: dict[str, str]) -> ModelParameters:
+    """The `parameters` block of the model's config.pbtxt: strings, with strict typed reads."""
     config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    return ModelParameters(
+        {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    )
 
 
 def version_dir(args: dict[str, str]) -> Path:

@@ -57,14 +57,21 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         # The stub's thread stays serial; loading and decoding run on their own threads (serving.threads).
-        threads = keep_main_thread_serial(int(params.get("torch_threads", "0")))
+        threads = keep_main_thread_serial(params.integer("torch_threads", 0))
         device = device_of(args, params.get("device", "cpu"))
         checkpoint = Path(params["checkpoint_dir"])
         if not checkpoint.is_absolute():
             checkpoint = version_dir(args) / checkpoint
         self._load_gauges(args)
         levers = LmLevers.from_parameters(params)
-        dtype = DTYPES[params.get("precision", "fp32")]
+        dtype = DTYPES[params.choice("precision", "fp32", tuple(DTYPES))]
+        engine_options = {  # read before the minutes of loading: a bad value fails the model at once
+            "num_slots": params.integer("kv_slots", 8, minimum=1),
+            "first_chunk_frames": params.integer("first_chunk_frames", 8, minimum=1),
+            "stream_chunk_frames": params.integer("stream_chunk_frames", 32, minimum=1),
+            "prefix_cache_size": params.integer("prefix_cache_size", 16),
+            "fast_decode": params.flag("fast_decode", False),
+        }
 
         def load():
             model, tokenizer = load_lm(checkpoint, device=device, dtype=dtype)
@@ -76,15 +83,7 @@ class TritonPythonModel:
         references_dir = params.get("references_dir", "")
         self.references = ReferenceStore(references_dir, self._encode) if references_dir else None
         self.engine = SemanticEngine(
-            self.model,
-            self.tokenizer,
-            num_slots=int(params.get("kv_slots", "8")),
-            first_chunk_frames=int(params.get("first_chunk_frames", "8")),
-            stream_chunk_frames=int(params.get("stream_chunk_frames", "32")),
-            prefix_cache_size=int(params.get("prefix_cache_size", "16")),
-            on_load=self._report_load,
-            fast_decode=params.get("fast_decode", "false").lower() == "true",
-            threads=threads,
+            self.model, self.tokenizer, on_load=self._report_load, threads=threads, **engine_options
         )
 
     def _load_gauges(self, args):

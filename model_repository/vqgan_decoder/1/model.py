@@ -17,8 +17,8 @@ class TritonPythonModel:
         self.decoder = OnnxDecoder(
             version_dir(args) / params["onnx_file"],
             device=device_of(args, params.get("device", "cpu")),
-            threads=int(params.get("intra_op_threads", "0")),
-            max_frames=int(params.get("max_frames", "21600")),
+            threads=params.integer("intra_op_threads", 0),
+            max_frames=params.integer("max_frames", 21600, minimum=1),
         )
 
     def _decode(self, request):

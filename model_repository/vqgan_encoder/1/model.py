@@ -19,9 +19,9 @@ class TritonPythonModel:
         self.encoder = OnnxEncoder(
             version_dir(args) / params["onnx_file"],
             device=device_of(args, params.get("device", "cpu")),
-            threads=int(params.get("intra_op_threads", "0")),
-            max_seconds=float(params.get("max_reference_seconds", "90")),
-            cache_entries=int(params.get("cache_entries", "64")),
+            threads=params.integer("intra_op_threads", 0),
+            max_seconds=params.number("max_reference_seconds", 90.0, minimum=1.0),
+            cache_entries=params.integer("cache_entries", 64),
         )
 
     def _encode(self, request):
