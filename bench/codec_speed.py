@@ -1,6 +1,6 @@
 """Codec speed on the CPU: real-time factors of PyTorch eager and onnxruntime, same machine, same run.
 
-    .venv/bin/python -m bench.codec_speed [--seconds 10] [--threads 2] [--repeats 3] [--checkpoint-path GEN.pth]
+    .venv/bin/python -m bench.codec_speed [--seconds 10] [--threads 2] [--repeats 5] [--checkpoint-path GEN.pth]
 
 Without --checkpoint-path, a random checkpoint of the full firefly_gan_vq architecture is written to a temporary
 directory (speed does not depend on the weights). RTF = compute time / audio duration (below 1: faster than

@@ -1,10 +1,11 @@
 """Time to first audio for a reference voice the server has not heard before, through the Triton ensemble.
 
 python -m bench.first_audio --start-server [LM levers and deployment options]   # full-size random checkpoint
-python -m bench.first_audio --url 127.0.0.1:8001 --checkpoint-dir DIR --references 30
+python -m bench.first_audio --url 127.0.0.1:8001 --references 30
 
 One stream at a time. Each request carries a new ~10 s reference recording (synthetic speech, each one
-different in pitch, pace and noise, so that neither the encoder nor the LM's prefix cache has seen it) and
+different in pitch, pace and noise, and new to each run (--salt), so that neither the encoder nor the LM's
+prefix cache has seen it, even on a server that earlier runs used) and
 streams its audio; its time to first audio is the first chunk's arrival, the reference's encoding and the
 prompt's prefill included. Then the last reference once more: its codes are in `vqgan_encoder`'s cache and
 its prompt in the LM's prefix cache (which keeps the 16 latest), as a stored voice's are. A warm-up request
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import statistics
 import sys
 import time
@@ -39,12 +41,14 @@ REFERENCE_TEXT = (
 )
 
 
-def new_reference(index: int, seconds: float) -> np.ndarray:
+def new_reference(index: int, seconds: float, salt: int = 0) -> np.ndarray:
     """Reference `index`: `seconds` (+50 ms per index, in ten steps) of synthetic speech with its own noise,
-    its pitch and pace scaled by 1 + 0.7% per index: every index gives other audio, codes and prompt."""
+    its pitch and pace scaled by 1 + 0.7% per index: every index gives other audio, codes and prompt, and
+    every `salt` another set of them."""
     length = round((seconds + 0.05 * (index % 10)) * CODEC_SAMPLE_RATE)
     rate = 1 + 0.007 * index
-    audio = synthetic_speech(length * rate / CODEC_SAMPLE_RATE + 0.01, CODEC_SAMPLE_RATE, seed=index)
+    noise_seed = salt * 100_003 + index
+    audio = synthetic_speech(length * rate / CODEC_SAMPLE_RATE + 0.01, CODEC_SAMPLE_RATE, seed=noise_seed)
     return np.interp(np.arange(length) * rate, np.arange(audio.size), audio).astype(np.float32)
 
 
@@ -77,7 +81,7 @@ def first_audio(url: str, text: str, reference: np.ndarray, max_new_tokens: int,
 
 def run(url: str, args: argparse.Namespace) -> dict:
     def request(name: str, index: int) -> dict:
-        reference = new_reference(index, args.reference_seconds)
+        reference = new_reference(index, args.reference_seconds, args.salt)
         record = first_audio(url, TEXTS[index % len(TEXTS)], reference, args.max_new_tokens, 1000 + index)
         record = {"request": name, "reference_s": reference.size / CODEC_SAMPLE_RATE, **record}
         print(
@@ -124,6 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reference-seconds", type=float, default=10.0, help="length of the first reference (+50 ms each)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="frames per request")
+    parser.add_argument(
+        "--salt",
+        type=int,
+        default=None,
+        help="picks this run's set of references (default: a random one, so a server that earlier runs "
+        "used has not heard them; give the printed salt to send the same references again)",
+    )
     parser.add_argument("--target-s", type=float, default=1.5, help="the time to first audio to count")
     parser.add_argument(
         "--output-dir", type=Path, default=Path("build") / "bench-first-audio", help="report (and repository)"
@@ -131,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.references < 1 or args.max_new_tokens < 1 or args.reference_seconds <= 0:
         raise FishSpeechError("--references, --max-new-tokens and --reference-seconds must be positive")
+    if args.salt is None:
+        args.salt = secrets.randbelow(1_000_000)
+    print(f"[first-audio] references of salt {args.salt}", file=sys.stderr)
     checkpoint = bench_checkpoint(args.checkpoint_dir, "full") if args.start_server else None
     started = time.perf_counter()
     with serving(args, checkpoint, kv_slots=1) as url:

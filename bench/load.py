@@ -66,17 +66,26 @@ async def sweep(target: Target, plan: Plan) -> list[LevelRun]:
     return [await run_level(target, c, request_specs(c * plan.rounds)) for c in plan.levels]
 
 
-def warn_if_other_checkpoint(url: str, checkpoint: RandomCheckpoint) -> None:
-    """Ratios only mean something on the same weights: say so when the server names another checkpoint."""
+def warn_if_other_checkpoint(url: str, checkpoint: RandomCheckpoint, precision: str) -> None:
+    """Ratios only mean something on the same weights at the same precision: say so when the server's
+    llama_semantic names another checkpoint or precision (--url: its options are the server's, not ours)."""
     try:
         config = grpcclient.InferenceServerClient(url).get_model_config("llama_semantic", as_json=True)
-        served = config["config"]["parameters"]["checkpoint_dir"]["string_value"]
+        parameters = {k: v["string_value"] for k, v in config["config"]["parameters"].items()}
     except (InferenceServerException, KeyError):
         return  # unreachable (reported by the run itself) or a server that does not say
-    if Path(served).resolve() != checkpoint.lm_dir.resolve():
+    served = parameters.get("checkpoint_dir")
+    if served is not None and Path(served).resolve() != checkpoint.lm_dir.resolve():
         print(
             f"[bench] WARNING: the server serves {served}, the baseline runs {checkpoint.lm_dir}; "
             "ratios compare different weights unless these are copies",
+            file=sys.stderr,
+        )
+    served_precision = parameters.get("precision", "fp32")
+    if served_precision != precision:
+        print(
+            f"[bench] WARNING: the server's LM runs {served_precision}, the baseline {precision} "
+            f"(--precision); pass --precision {served_precision} for a like-for-like ratio",
             file=sys.stderr,
         )
 
@@ -168,12 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(
         levels=parse_levels(args.concurrency or preset["concurrency"]),
         rounds=args.rounds,
-        max_new_tokens=args.max_new_tokens or preset["max_new_tokens"],
+        max_new_tokens=preset["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens,
         chunk_length=args.chunk_length,
     )
     if plan.rounds < 1 or plan.max_new_tokens < 1:
         raise FishSpeechError("--rounds and --max-new-tokens must be at least 1")
     checkpoint = bench_checkpoint(args.checkpoint_dir, preset["size"])
+    if args.kv_slots is not None and args.kv_slots < 1:
+        raise FishSpeechError("--kv-slots must be at least 1")
     kv_slots = args.kv_slots or max(plan.levels)
     settings = {
         "command": " ".join(["python -m bench.load", *(argv if argv is not None else sys.argv[1:])]),
@@ -190,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with serving(args, checkpoint, kv_slots) as url:
         if not args.start_server and not args.no_baseline:
-            warn_if_other_checkpoint(url, checkpoint)
+            warn_if_other_checkpoint(url, checkpoint, args.precision)
         ours = asyncio.run(sweep_ours(url, plan))
     baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan, args.precision, threads)
     settings["duration_s"] = time.perf_counter() - started

@@ -90,11 +90,12 @@ class Progress:
     def update(self, record: RequestRecord) -> None:
         self.done += 1
         self.errors += record.error is not None
-        what = (
-            f"error: {record.error}"
-            if record.error
-            else f"ttfa {record.ttfa:6.2f} s  latency {record.latency:6.2f} s"
-        )
+        if record.error:
+            what = f"error: {record.error}"
+        elif record.ttfa is None:  # the model ended at once (<|im_end|> first): no audio, so no ttfa
+            what = f"no audio      latency {record.latency:6.2f} s"
+        else:
+            what = f"ttfa {record.ttfa:6.2f} s  latency {record.latency:6.2f} s"
         print(
             f"[bench] {self.label} {self.done:>3}/{self.total}  errors {self.errors}  "
             f"{time.perf_counter() - self.started:7.1f} s  | {what}",

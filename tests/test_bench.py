@@ -15,7 +15,7 @@ from bench import first_audio, lm_engine, lm_step, load
 from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
-from bench.workload import TEXTS, LevelRun, RequestRecord, RequestSpec, request_specs, run_level
+from bench.workload import TEXTS, LevelRun, Progress, RequestRecord, RequestSpec, request_specs, run_level
 from fish_speech_triton.lm.levers import RUNTIMES
 from fish_speech_triton.tools.cli import run_cli
 
@@ -103,6 +103,17 @@ def test_bad_arguments_are_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --concurrency levels must be at least 1, got '0,2'"
     assert run_cli(load.main, ["--url", "127.0.0.1:1", "--quick", "--no-baseline"]) == 2
     assert "no Triton server reachable at 127.0.0.1:1" in capsys.readouterr().err
+    for flag in ("--max-new-tokens", "--kv-slots"):  # 0 is refused, not taken for "the default"
+        assert run_cli(load.main, [flag, "0", "--quick", "--url", "127.0.0.1:1"]) == 2
+        assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_request_that_ends_without_audio_is_reported_not_fatal(capsys):
+    progress = Progress("ours", 1, 2)
+    progress.update(RequestRecord(index=0, started=1.0, finished=1.5))  # <|im_end|> first: no audio
+    progress.update(RequestRecord(index=1, started=1.0, finished=2.0, first_audio_at=1.2, audio_seconds=1.0))
+    lines = capsys.readouterr().err.splitlines()
+    assert "no audio      latency   0.50 s" in lines[0] and "ttfa   0.20 s" in lines[1]
 
 
 def test_first_audio_sends_new_references_then_one_again(triton_deployment, tmp_path, capsys):
@@ -110,12 +121,15 @@ def test_first_audio_sends_new_references_then_one_again(triton_deployment, tmp_
     assert [r.size for r in references] == [44100, 46305, 44100]  # +50 ms each, in ten steps
     assert references[0].dtype == np.float32 and 0.3 < np.abs(references[0]).max() < 1
     assert not np.allclose(references[0], references[2], atol=0.05)  # same length, other audio
+    salted = first_audio.new_reference(0, 1.0, salt=7)  # another run's reference 0
+    assert salted.size == 44100 and not np.allclose(salted, references[0], atol=0.05)
     out = tmp_path / "first-audio"
     args = ["--url", triton_deployment.grpc_url, "--references", "2", "--reference-seconds", "1"]
     assert run_cli(first_audio.main, [*args, "--max-new-tokens", "4", "--output-dir", str(out)]) == 0
     captured = capsys.readouterr()
     assert "time to first audio, new 1 s reference (2 requests): median" in captured.out
     assert "[first-audio]   warm-up: reference 1.10 s" in captured.err  # progress, warm-up not counted
+    assert "[first-audio] references of salt " in captured.err
     report = json.loads((out / "first_audio.json").read_text())
     assert [r["request"] for r in report["requests"]] == ["new 1", "new 2", "again"]
     for r in report["requests"]:
