@@ -15,25 +15,20 @@ class ModelParameters(dict[str, str]):
         return InputError(f"config.pbtxt parameter {name} must be {expected}, got {self[name]!r}")
 
     def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        if name not in self:
-            return default
-        try:
-            value = int(self[name].strip())
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise self._fail(name, f"an integer of at least {minimum}")
-        return value
+        return int(self._at_least(name, default, minimum, int, "an integer"))
 
     def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        return self._at_least(name, default, minimum, float, "a number")
+
+    def _at_least(self, name: str, default: float, minimum: float, cast: type, kind: str) -> float:
         if name not in self:
             return default
         try:
-            value = float(self[name].strip())
+            value = cast(self[name].strip())
         except ValueError:
             value = float("nan")
         if not value >= minimum:  # NaN too
-            raise self._fail(name, f"a number of at least {minimum:g}")
+            raise self._fail(name, f"{kind} of at least {minimum:g}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
