@@ -103,6 +103,7 @@ class _Sequence:
     def __init__(
         self,
         request: GenerationRequest,
+        segments: list[str],
         sink: Sink,
         slot: int,
         streamer: CodeStreamer,
@@ -114,9 +115,7 @@ class _Sequence:
         self.sink = sink
         self.slot = slot
         self.streamer = streamer
-        self.segments = text_segments(
-            request.text, iterative_prompt=request.iterative_prompt, chunk_length=request.chunk_length
-        )
+        self.segments = segments
         self.segment_index = 0
         self.history: list[Tensor] = []
         seed = request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item())
@@ -179,7 +178,8 @@ class SemanticEngine:
         # a heap, the lowest free slot first: busy slots stay low (the batched slow runtime decodes 0..n-1)
         self._free = list(range(num_slots))
         self._active: dict[int, _Sequence] = {}
-        self._pending: collections.deque[tuple[GenerationRequest, Sink]] = collections.deque()
+        # queued requests with their text segments (cut once, on the submitting thread)
+        self._pending: collections.deque[tuple[GenerationRequest, Sink, list[str]]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._on_load = on_load
@@ -190,21 +190,23 @@ class SemanticEngine:
 
     # ------------------------------------------------------------------ public
 
-    def validate(self, request: GenerationRequest) -> None:
-        """Raise InputError now for what would fail at admission (empty text, prompt beyond the context)."""
+    def validate(self, request: GenerationRequest) -> list[str]:
+        """The request's text segments; InputError now for what would fail at admission (empty text, a
+        prompt beyond the context)."""
         segments = text_segments(
             request.text, iterative_prompt=request.iterative_prompt, chunk_length=request.chunk_length
         )
         length = self.builder.prefix(request.references).shape[1] + self.builder.segment(segments[0]).shape[1]
         frame_budget(length, request.params.max_new_tokens, self.model.cache_seq_len)
+        return segments
 
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         """Queue a request; its results and its end reach `sink` from the scheduler thread."""
-        self.validate(request)
+        segments = self.validate(request)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine is shutting down")
-            self._pending.append((request, sink))
+            self._pending.append((request, sink, segments))
             self._cond.notify()
 
     @property
@@ -237,7 +239,7 @@ class SemanticEngine:
                         self._finish(seq, exc)
         for seq in list(self._active.values()):
             self._finish(seq, RuntimeError("the server is shutting down"))
-        for _, sink in self._pending:
+        for _, sink, _ in self._pending:
             _close(sink, RuntimeError("the server is shutting down"))
 
     def _iterate(self) -> bool:
@@ -250,9 +252,9 @@ class SemanticEngine:
             admitted = []
             while self._pending and self._free:
                 admitted.append((*self._pending.popleft(), heapq.heappop(self._free)))
-        for request, sink, slot in admitted:
+        for request, sink, segments, slot in admitted:
             try:
-                self._admit(request, sink, slot)
+                self._admit(request, sink, segments, slot)
             except Exception as exc:  # never lose a popped request: its slot comes back, its sink hears why
                 logger.exception("admitting a request failed")
                 seq = self._active.get(slot)
@@ -277,7 +279,7 @@ class SemanticEngine:
             except Exception:  # metrics are best effort; serving goes on
                 logger.exception("reporting the engine load failed")
 
-    def _admit(self, request: GenerationRequest, sink: Sink, slot: int) -> None:
+    def _admit(self, request: GenerationRequest, sink: Sink, segments: list[str], slot: int) -> None:
         chunk = request.stream_chunk_frames or self.stream_chunk_frames
         streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
         if _cancelled(sink):
@@ -287,7 +289,7 @@ class SemanticEngine:
         seq = None
         try:
             prefix = self.builder.prefix(request.references)
-            seq = _Sequence(request, sink, slot, streamer, prefix, self.device)
+            seq = _Sequence(request, segments, sink, slot, streamer, prefix, self.device)
             self._active[slot] = seq
             self._start_segment(seq)
         except Exception as exc:  # this request fails alone; the others go on
@@ -404,7 +406,7 @@ class SemanticEngine:
                 kept = [entry for entry in self._pending if id(entry) not in ended]
                 self._pending.clear()
                 self._pending.extend(kept)
-            for _, sink in gone:
+            for _, sink, _ in gone:
                 _close(sink, None)
 
     def _finish(self, seq: _Sequence, error: BaseException | None) -> None:

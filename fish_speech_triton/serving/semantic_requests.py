@@ -18,6 +18,9 @@ from fish_speech_triton.serving.references import ReferenceStore
 MIN_CHUNK_LENGTH = 100  # the original API's minimum: shorter segments cut words apart
 MAX_CHUNK_LENGTH = 1000
 MAX_STREAM_CHUNK_FRAMES = 1024
+# Longest TEXT (UTF-8 bytes) by default: ~100 KB is well over an hour of speech, and one request holds a KV
+# slot for all of it (the model's max_text_bytes parameter).
+DEFAULT_MAX_TEXT_BYTES = 100_000
 
 
 @dataclass
@@ -49,10 +52,15 @@ def build_request(
     references: ReferenceStore | None,
     defaults: SamplingParams | None = None,
     default_chunk_length: int = 200,
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
 ) -> GenerationRequest:
     defaults = defaults or SamplingParams()
     if inputs.text is None or not inputs.text.strip():
         raise InputError("TEXT is empty")
+    if (size := len(inputs.text.encode("utf-8"))) > max_text_bytes:
+        raise InputError(
+            f"TEXT is {size} bytes: at most {max_text_bytes} (the model's max_text_bytes); send it in parts"
+        )
     refs: list[Reference] = []
     has_codes = inputs.reference_codes is not None and inputs.reference_codes.size > 0
     if inputs.reference_id is not None and inputs.reference_id.strip():

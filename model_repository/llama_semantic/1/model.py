@@ -14,7 +14,7 @@ from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.serving.engine import SemanticEngine
 from fish_speech_triton.serving.references import ReferenceStore
-from fish_speech_triton.serving.semantic_requests import SemanticInputs, build_request
+from fish_speech_triton.serving.semantic_requests import DEFAULT_MAX_TEXT_BYTES, SemanticInputs, build_request
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
 from fish_speech_triton.serving.triton_io import (
     device_of,
@@ -72,6 +72,7 @@ class TritonPythonModel:
             "prefix_cache_size": params.integer("prefix_cache_size", 16),
             "fast_decode": params.flag("fast_decode", False),
         }
+        max_text_bytes = params.integer("max_text_bytes", DEFAULT_MAX_TEXT_BYTES, minimum=1)
 
         def load():
             model, tokenizer = load_lm(checkpoint, device=device, dtype=dtype)
@@ -80,6 +81,7 @@ class TritonPythonModel:
 
         self.model, self.tokenizer = run_on_worker_thread(load, threads, name="llama-semantic-load")
         self.encoder_model = params.get("encoder_model", "vqgan_encoder")
+        self.max_text_bytes = max_text_bytes
         references_dir = params.get("references_dir", "")
         self.references = ReferenceStore(references_dir, self._encode) if references_dir else None
         self.engine = SemanticEngine(
@@ -147,6 +149,7 @@ class TritonPythonModel:
                     num_codebooks=config.num_codebooks,
                     codebook_size=config.codebook_size,
                     references=self.references,
+                    max_text_bytes=self.max_text_bytes,
                 )
                 self.engine.submit(generation, sink)
             except Exception as exc:  # a bad request gets its error; the model keeps serving
