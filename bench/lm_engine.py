@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.lm_speed import PRECISIONS, TEXT, ensure_checkpoint
+from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.lm.checkpoint import load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import SamplingParams, generate
@@ -138,6 +139,10 @@ def pipeline(engine: SemanticEngine, device: str, frames: int, reference_frames:
         engine.submit(request, sink)
         codes = sink.result()
         lm_seconds = time.perf_counter() - started
+    if not sink.chunks:
+        raise FishSpeechError(
+            "the LM ended the pipeline request at once (<|im_end|> first): no audio to time"
+        )
 
     def decode_chunks() -> list[float]:
         warm()  # on this thread: per-thread library handles (cuDNN's) are made on first use
