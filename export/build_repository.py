@@ -220,8 +220,11 @@ def build_repository(opts: RepositoryOptions) -> Path:
     if opts.verify:
         verify_lm(opts)
     in_place = os.path.ismount(final)
-    staged = opts if in_place else replace(opts, output_dir=final.with_name(final.name + ".partial"))
-    staged = replace(staged, references_dir=default_references_dir(opts))
+    staged = replace(
+        opts,
+        output_dir=final if in_place else final.with_name(final.name + ".partial"),
+        references_dir=default_references_dir(opts),
+    )
     if not in_place:
         shutil.rmtree(staged.output_dir, ignore_errors=True)
     staged.output_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from fish_speech_triton.lm.onnx_fast import OnnxFastTransformer
 from fish_speech_triton.lm.onnx_slow import OnnxSlowTransformer
 from fish_speech_triton.lm.quantization import SCHEMES, quantize_linear_layers
 from fish_speech_triton.lm.tokenizer import FishTokenizer
+from fish_speech_triton.serving.model_parameters import ModelParameters
 
 # onnxruntime: a run per row (latency, one or few streams); onnxruntime-batched: the batch's rows together
 # (throughput); both need int4 weights
@@ -70,12 +71,10 @@ class LmLevers:
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> LmLevers:
         """From a model's config.pbtxt parameters (absent keys: the faithful defaults)."""
-        head = params.get("semantic_head_only", "false").strip().lower()
-        if head not in ("true", "false"):
-            raise InputError(f"semantic_head_only must be true or false, got {head!r}")
+        params = ModelParameters(params)
         return cls(
             params.get("weight_quantization", "none").strip().lower(),
-            head == "true",
+            params.flag("semantic_head_only", False),
             params.get("fast_transformer_runtime", "torch").strip().lower(),
             params.get("slow_transformer_runtime", "torch").strip().lower(),
         )

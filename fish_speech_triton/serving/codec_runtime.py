@@ -33,6 +33,10 @@ CONTEXT_FRAMES = 16
 # A long decode runs in windows of this many new frames (each with CONTEXT_FRAMES before it), so its memory
 # stays that of one window (~1 MB a frame on CPU) whatever the length.
 WINDOW_FRAMES = 256
+# Defaults of the codec models' config.pbtxt parameters (max_reference_seconds, cache_entries, max_frames).
+MAX_REFERENCE_SECONDS = 90.0
+ENCODER_CACHE_ENTRIES = 64
+MAX_DECODE_FRAMES = 21600  # ~1,000 s of audio, 190 MB of float32 samples
 
 
 def _providers(device: str, available: list[str]) -> list:
@@ -96,8 +100,8 @@ class OnnxEncoder:
         path: str | Path,
         device: str = "cpu",
         threads: int = 0,
-        max_seconds: float = 90.0,
-        cache_entries: int = 64,
+        max_seconds: float = MAX_REFERENCE_SECONDS,
+        cache_entries: int = ENCODER_CACHE_ENTRIES,
     ):
         if cache_entries < 0:
             raise InputError(f"cache_entries must be 0 (no cache) or more, got {cache_entries}")
@@ -129,9 +133,9 @@ class OnnxEncoder:
             )
         return audio
 
-    def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Checked samples resampled to 44.1 kHz, long enough for the codec's front end."""
-        audio = self.check(audio, sample_rate)
+    @staticmethod
+    def _at_codec_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """`check`ed samples resampled to 44.1 kHz, long enough for the codec's front end."""
         if sample_rate != SAMPLE_RATE:
             audio = resample(audio, sample_rate, SAMPLE_RATE)
         if audio.size < MIN_SAMPLES:
@@ -151,7 +155,7 @@ class OnnxEncoder:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key].copy()
-        prepared = self.prepare(samples, sample_rate)
+        prepared = self._at_codec_rate(samples, sample_rate)
         (codes,) = self.session.run(["codes"], {"audio": prepared[None, None, :]})
         codes = np.ascontiguousarray(codes[0], dtype=np.int32)
         if key is not None:
@@ -191,11 +195,13 @@ def decode_in_windows(session, codes: np.ndarray, step: int, context: int, first
 class OnnxDecoder:
     """Codes `[8, F]` (the first `context_frames` of them left context) → 44.1 kHz audio after the context.
 
-    At most `max_frames` frames a request (default 21,600: ~1,000 s of audio, 190 MB of float32 samples);
-    longer ones run in windows of `WINDOW_FRAMES` new frames, each after `CONTEXT_FRAMES` of context.
+    At most `max_frames` frames a request (`MAX_DECODE_FRAMES` by default); any length up to it runs in
+    windows of `WINDOW_FRAMES` new frames, each after `CONTEXT_FRAMES` of context.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, max_frames: int = 21600):
+    def __init__(
+        self, path: str | Path, device: str = "cpu", threads: int = 0, max_frames: int = MAX_DECODE_FRAMES
+    ):
         if max_frames < 1:
             raise InputError(f"max_frames must be at least 1, got {max_frames}")
         self.session = open_session(path, device, threads)

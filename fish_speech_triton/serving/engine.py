@@ -253,16 +253,7 @@ class SemanticEngine:
             while self._pending and self._free:
                 admitted.append((*self._pending.popleft(), heapq.heappop(self._free)))
         for request, sink, segments, slot in admitted:
-            try:
-                self._admit(request, sink, segments, slot)
-            except Exception as exc:  # never lose a popped request: its slot comes back, its sink hears why
-                logger.exception("admitting a request failed")
-                seq = self._active.get(slot)
-                if seq is not None:
-                    self._finish(seq, exc)
-                elif not self._is_free(slot):  # a free slot means _admit already closed the sink
-                    self._release(slot)
-                    _close(sink, exc)
+            self._admit(request, sink, segments, slot)
         self._drop_cancelled()
         self._report_load()
         if self._active:
@@ -280,14 +271,16 @@ class SemanticEngine:
                 logger.exception("reporting the engine load failed")
 
     def _admit(self, request: GenerationRequest, sink: Sink, segments: list[str], slot: int) -> None:
-        chunk = request.stream_chunk_frames or self.stream_chunk_frames
-        streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
+        """Start a popped request in `slot`; whatever happens, it decodes or its slot is free and its sink
+        closed (never raises: the other requests admitted with it go on)."""
         if _cancelled(sink):
             self._release(slot)
             _close(sink, None)
             return
         seq = None
         try:
+            chunk = request.stream_chunk_frames or self.stream_chunk_frames
+            streamer = CodeStreamer(sink, min(self.first_chunk_frames, chunk), chunk)
             prefix = self.builder.prefix(request.references)
             seq = _Sequence(request, segments, sink, slot, streamer, prefix, self.device)
             self._active[slot] = seq
@@ -419,10 +412,6 @@ class SemanticEngine:
         except Exception as exc:  # the sink failed while flushing: report it as the request's error
             error = exc
         _close(seq.sink, error)
-
-    def _is_free(self, slot: int) -> bool:
-        with self._cond:
-            return slot in self._free
 
     def _release(self, slot: int) -> None:
         self._active.pop(slot, None)

@@ -10,6 +10,7 @@ memory, so a read-only folder works (its codes are then computed once per proces
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -40,9 +41,13 @@ class Reference:
     codes: np.ndarray  # [8, F] int32
 
 
+def _is_reference_id(name: str) -> bool:
+    return bool(_ID.fullmatch(name)) and ".." not in name
+
+
 def validate_reference_id(reference_id: str) -> str:
     """A reference id is one folder name: no separators, no `..`, nothing hidden or absolute."""
-    if not _ID.fullmatch(reference_id) or ".." in reference_id:
+    if not _is_reference_id(reference_id):
         raise InputError(
             f"invalid reference id {reference_id!r}: use letters, digits, '_', '-', '.' and inner spaces "
             "(at most 128 characters, no path separators or '..')"
@@ -58,7 +63,7 @@ def voice_ids(root: Path) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and _ID.fullmatch(p.name) and ".." not in p.name and p.resolve().parent == base
+        if p.is_dir() and _is_reference_id(p.name) and p.resolve().parent == base
     )
 
 
@@ -79,8 +84,8 @@ def codes_file(audio_path: Path) -> Path:
     return audio_path.with_name(audio_path.name + CODES_SUFFIX)
 
 
-def audio_digest(audio_path: Path) -> str:
-    return hashlib.sha256(audio_path.read_bytes()).hexdigest()
+def audio_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def cached_codes(audio_path: Path, digest: str | None = None) -> np.ndarray | None:
@@ -90,7 +95,7 @@ def cached_codes(audio_path: Path, digest: str | None = None) -> np.ndarray | No
         return None
     try:
         with np.load(cache) as saved:
-            if str(saved["sha256"]) != (digest or audio_digest(audio_path)):
+            if str(saved["sha256"]) != (digest or audio_digest(audio_path.read_bytes())):
                 return None
             return saved["codes"].astype(np.int32, copy=False)
     except (OSError, ValueError, KeyError):  # a damaged cache is computed again
@@ -146,11 +151,12 @@ class ReferenceStore:
         known = self._known.get(audio_path)
         if known is not None and known[0] == identity:
             return known[1]
-        digest = audio_digest(audio_path)
+        data = audio_path.read_bytes()  # read once: hashed, and decoded when not cached
+        digest = audio_digest(data)
         codes = cached_codes(audio_path, digest)
         if codes is None:
             try:
-                audio, rate = sf.read(str(audio_path), dtype="float32", always_2d=True)
+                audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
             except Exception as exc:
                 raise InputError(f"cannot read reference audio {audio_path.name}: {exc}") from exc
             codes = np.asarray(self.encode(audio.mean(axis=1), int(rate)), dtype=np.int32)

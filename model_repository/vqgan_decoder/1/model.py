@@ -1,6 +1,6 @@
 """vqgan_decoder: codes -> 44.1 kHz audio (see config.pbtxt for the tensor contract)."""
 
-from fish_speech_triton.serving.codec_runtime import OnnxDecoder
+from fish_speech_triton.serving.codec_runtime import MAX_DECODE_FRAMES, OnnxDecoder
 from fish_speech_triton.serving.triton_io import (
     device_of,
     input_array,
@@ -18,7 +18,7 @@ class TritonPythonModel:
             version_dir(args) / params["onnx_file"],
             device=device_of(args, params.get("device", "cpu")),
             threads=params.integer("intra_op_threads", 0),
-            max_frames=params.integer("max_frames", 21600, minimum=1),
+            max_frames=params.integer("max_frames", MAX_DECODE_FRAMES, minimum=1),
         )
 
     def _decode(self, request):

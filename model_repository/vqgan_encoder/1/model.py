@@ -2,7 +2,12 @@
 
 import numpy as np
 
-from fish_speech_triton.serving.codec_runtime import SAMPLE_RATE, OnnxEncoder
+from fish_speech_triton.serving.codec_runtime import (
+    ENCODER_CACHE_ENTRIES,
+    MAX_REFERENCE_SECONDS,
+    SAMPLE_RATE,
+    OnnxEncoder,
+)
 from fish_speech_triton.serving.triton_io import (
     device_of,
     input_array,
@@ -20,8 +25,8 @@ class TritonPythonModel:
             version_dir(args) / params["onnx_file"],
             device=device_of(args, params.get("device", "cpu")),
             threads=params.integer("intra_op_threads", 0),
-            max_seconds=params.number("max_reference_seconds", 90.0, minimum=1.0),
-            cache_entries=params.integer("cache_entries", 64),
+            max_seconds=params.number("max_reference_seconds", MAX_REFERENCE_SECONDS, minimum=1.0),
+            cache_entries=params.integer("cache_entries", ENCODER_CACHE_ENTRIES),
         )
 
     def _encode(self, request):
