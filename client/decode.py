@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     codes = read_codes(args.input)
     client = connect(args.url, "vqgan_decoder")
     started = time.perf_counter()
-    audio = infer(client, "vqgan_decoder", {"CODES": codes}, ("AUDIO",))["AUDIO"]
+    audio = infer(client, "vqgan_decoder", {"CODES": codes}, ("AUDIO",), args.url)["AUDIO"]
     save_wav(args.output, audio, CODEC_SAMPLE_RATE)
     print(
         f"wrote {args.output}: {audio.size / CODEC_SAMPLE_RATE:.2f} s of audio from {codes.shape[1]} frames "

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = connect(args.url, "vqgan_encoder")
     started = time.perf_counter()
     inputs = {"AUDIO": audio, "SAMPLE_RATE": np.array([CODEC_SAMPLE_RATE], dtype=np.int32)}
-    codes = infer(client, "vqgan_encoder", inputs, ("CODES",))["CODES"]
+    codes = infer(client, "vqgan_encoder", inputs, ("CODES",), args.url)["CODES"]
     write_codes(args.output, codes)
     print(
         f"wrote {args.output}: codes {list(codes.shape)} from {audio.size / CODEC_SAMPLE_RATE:.2f} s of audio "

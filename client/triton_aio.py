@@ -18,6 +18,7 @@ from client.triton_stream import (
     STREAM_SILENCE_S,
     ServerError,
     ServerUnavailable,
+    failure,
     make_input,
     server_error,
 )
@@ -35,13 +36,6 @@ async def connect_async(url: str, model: str) -> grpcclient_aio.InferenceServerC
         await client.close()
         raise ServerUnavailable(f"model {model!r} is not ready on the Triton server at {url}")
     return client
-
-
-def failure(url: str, model: str, status: str, message: str) -> ServerError | ServerUnavailable:
-    """The error for a failed call: the server unreachable, or its answer for `model`."""
-    if "UNAVAILABLE" in status:
-        return ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {message}")
-    return server_error(model, message, "INVALID_ARGUMENT" in status)
 
 
 async def stream_async(

@@ -44,6 +44,13 @@ def server_error(model: str, message: str, invalid_argument: bool = False) -> Se
     return (RequestRefused if refused else ServerError)(f"{model}: {message}")
 
 
+def failure(url: str, model: str, status: str, message: str) -> ServerError | ServerUnavailable:
+    """The error for a failed call: the server unreachable, or its answer for `model`."""
+    if "UNAVAILABLE" in status:
+        return ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {message}")
+    return server_error(model, message, "INVALID_ARGUMENT" in status)
+
+
 def make_input(name: str, value: object) -> grpcclient.InferInput:
     """An InferInput from a str/bytes (BYTES [1]) or a numpy array (its shape and dtype as they are)."""
     if isinstance(value, str):
@@ -158,12 +165,13 @@ def infer(
     model: str,
     inputs: Mapping[str, object],
     outputs: tuple[str, ...],
+    url: str = DEFAULT_URL,
 ) -> dict[str, np.ndarray]:
-    """A plain (non-decoupled) request."""
+    """A plain (non-decoupled) request to the server at `url` (named in errors)."""
     try:
         result = client.infer(model, [make_input(name, value) for name, value in inputs.items()])
     except InferenceServerException as exc:
-        raise server_error(model, exc.message(), "INVALID_ARGUMENT" in str(exc.status())) from exc
+        raise failure(url, model, str(exc.status()), exc.message()) from exc
     return {name: result.as_numpy(name) for name in outputs}
 
 

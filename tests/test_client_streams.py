@@ -8,10 +8,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from client.triton_http import http_stream
-from client.triton_stream import RequestRefused, ServerError, server_error
+from client.triton_stream import RequestRefused, ServerError, ServerUnavailable, infer, server_error
 
 EVENT = b'data: {"AUDIO": [0.5, 0.25]}\n\n'
 
@@ -89,3 +91,13 @@ def test_refusals_are_told_apart_from_failures():
     )
     failure = server_error("llama_semantic", "RuntimeError: CUDA out of memory")
     assert type(failure) is ServerError and str(failure) == "llama_semantic: RuntimeError: CUDA out of memory"
+
+
+def test_a_server_gone_after_connecting_is_reported_as_unreachable():
+    """A plain call to a server that stopped answering names the address, not a model failure."""
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+    client = grpcclient.InferenceServerClient(url)
+    with pytest.raises(ServerUnavailable, match=f"no Triton server reachable at {url}"):
+        infer(client, "vqgan_decoder", {"CODES": np.zeros((8, 2), np.int32)}, ("AUDIO",), url)
