@@ -16,15 +16,17 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from client.triton_stream import STREAM_SILENCE_S, ServerError, ServerUnavailable, server_error
+from fish_speech_triton.lm.text import utf8_bytes
 
 DEFAULT_HTTP_URL = "127.0.0.1:8000"
 
 
-def json_value(value: object) -> object:
-    """A str, bytes or numpy value as JSON: a [1]-shaped tensor becomes its scalar, others a (nested) list."""
+def json_value(name: str, value: object) -> object:
+    """Input `name`'s str, bytes or numpy value as JSON: a [1]-shaped tensor its scalar, others a (nested) list."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, str):
+        utf8_bytes(value, name)  # JSON could carry a lone surrogate as an escape, but it is no text
         return value
     array = np.asarray(value)
     return array.reshape(()).item() if array.size == 1 and array.ndim <= 1 else array.tolist()
@@ -61,7 +63,7 @@ def http_stream(
     Triton ends a complete answer with the last chunk of its chunked reply; a connection that breaks
     before it (or stays silent for `silence_s` seconds) is an error, never a silently short result.
     """
-    body = json.dumps({name: json_value(value) for name, value in inputs.items()}).encode("utf-8")
+    body = json.dumps({name: json_value(name, value) for name, value in inputs.items()}).encode("utf-8")
     request = urllib.request.Request(
         f"http://{url}/v2/models/{model}/generate_stream",
         data=body,

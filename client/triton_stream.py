@@ -19,7 +19,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from fish_speech_triton.errors import REFUSAL_MARK, FishSpeechError, InputError
+from fish_speech_triton.errors import REFUSAL_MARK, FishSpeechError
+from fish_speech_triton.lm.text import utf8_bytes
 
 DEFAULT_URL = "127.0.0.1:8001"
 # Longest wait for a stream's next response (the first one may wait for a free KV-cache slot).
@@ -54,12 +55,7 @@ def failure(url: str, model: str, status: str, message: str) -> ServerError | Se
 def make_input(name: str, value: object) -> grpcclient.InferInput:
     """An InferInput from a str/bytes (BYTES [1]) or a numpy array (its shape and dtype as they are)."""
     if isinstance(value, str):
-        try:
-            value = value.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate: half of an emoji cut in two
-            raise InputError(
-                f"{name} is not valid Unicode text: {exc.reason} at character {exc.start}"
-            ) from exc
+        value = utf8_bytes(value, name)
     array = np.array([value], dtype=object) if isinstance(value, bytes) else np.asarray(value)
     tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array)

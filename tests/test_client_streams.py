@@ -13,7 +13,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client.triton_http import http_stream
-from client.triton_stream import RequestRefused, ServerError, ServerUnavailable, infer, server_error
+from client.triton_stream import (
+    RequestRefused,
+    ServerError,
+    ServerUnavailable,
+    infer,
+    make_input,
+    server_error,
+)
+from fish_speech_triton.errors import InputError
 
 EVENT = b'data: {"AUDIO": [0.5, 0.25]}\n\n'
 
@@ -101,3 +109,16 @@ def test_a_server_gone_after_connecting_is_reported_as_unreachable():
     client = grpcclient.InferenceServerClient(url)
     with pytest.raises(ServerUnavailable, match=f"no Triton server reachable at {url}"):
         infer(client, "vqgan_decoder", {"CODES": np.zeros((8, 2), np.int32)}, ("AUDIO",), url)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_lone_surrogate_is_refused_before_sending(protocol: str):
+    """Half an emoji cut in two is no text: both clients say so, naming the input, instead of sending it."""
+    text = {"TEXT": "half an emoji \ud83d"}
+    with pytest.raises(
+        InputError, match="TEXT is not valid Unicode text: surrogates not allowed at character 14"
+    ):
+        if protocol == "grpc":
+            make_input("TEXT", text["TEXT"])
+        else:  # nothing listens at this address: the refusal comes before any connection
+            list(http_stream("127.0.0.1:1", "ensemble", text, ("AUDIO",)))

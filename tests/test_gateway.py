@@ -254,7 +254,7 @@ BAD_FIELDS = [
     ({"streaming": True, "format": "mp3"}, "streaming only supports the wav format"),
     ({"text": "   "}, "text is empty"),
     ({"text": MISSING}, "text: Field required"),
-    ({"text": "half an emoji \ud83d"}, "text: Value error, not valid Unicode text"),
+    ({"text": "half an emoji \ud83d"}, "text: Value error, the text is not valid Unicode text"),
     ({"reference_id": "nobody"}, "unknown reference id 'nobody': stored voices are alice"),
     ({"reference_id": "../alice"}, "invalid reference id"),
     ({"references": [{"audio": b"not audio", "text": "x"}]}, "references[0].audio is not an audio file"),

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
 from fish_speech_triton.errors import InputError
+from fish_speech_triton.lm.text import utf8_bytes
 
 INT32_MAX = 2**31 - 1
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}
@@ -35,9 +36,9 @@ def _only_normal_speed(value: float) -> float:
 def _unicode(value: str) -> str:
     """JSON may carry a lone surrogate (`"\\ud83d"`: half of an emoji cut in two); it is no text to speak."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode text ({exc.reason} at character {exc.start})") from exc
+        utf8_bytes(value, "the text")
+    except InputError as exc:
+        raise ValueError(str(exc)) from exc
     return value
 
 

@@ -6,6 +6,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 
+from fish_speech_triton.errors import InputError
+
 _QUOTES = {"\u2018": "'", "\u2019": "'"}
 _EMOJI = re.compile("[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff]+")
 _COMMA_RUNS = re.compile(r",{2,}")
@@ -24,6 +26,14 @@ def clean_text(text: str) -> str:
         text = text.replace(curly, plain)
     text = _EMOJI.sub("", text)
     return _COMMA_RUNS.sub(",", text)
+
+
+def utf8_bytes(text: str, what: str) -> bytes:
+    """`text` as UTF-8, or an InputError naming `what` for a lone surrogate (half of an emoji cut in two)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode text: {exc.reason} at character {exc.start}") from exc
 
 
 def utf8_len(text: str) -> int:
