@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from google.protobuf import text_encoding
+
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hardware import default_lm_precision
 from fish_speech_triton.hub import resolve_checkpoint, resolve_codec_checkpoint
 from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
+from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.tools.cli import run_cli
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
@@ -73,27 +76,21 @@ class RepositoryOptions:
         for name in POSITIVE_OPTIONS:
             if getattr(self, name) < 1:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("first_chunk_frames", "stream_chunk_frames"):
+            if getattr(self, name) > MAX_STREAM_CHUNK_FRAMES:
+                raise FishSpeechError(f"--{name.replace('_', '-')} must be at most {MAX_STREAM_CHUNK_FRAMES}")
         for name in ("torch_threads", "codec_threads", "encoder_threads"):
             if getattr(self, name) < 0:
                 raise FishSpeechError(f"--{name.replace('_', '-')} must be 0 (all cores) or more")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise FishSpeechError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-        _ = self.levers  # known values that go together, or InputError
-        if self.weight_quantization != "none" and not self.device.startswith("cpu"):
-            raise FishSpeechError(
-                "--weight-quantization runs on CPU only (its packed kernels are CPU kernels)"
-            )
+        self.levers.check_serving(self.device, self.fast_decode)  # values that go together, or InputError
         if self.codec_precision not in CODEC_PRECISIONS:
             raise FishSpeechError(
                 f"--codec-precision must be one of {', '.join(CODEC_PRECISIONS)}, got {self.codec_precision!r}"
             )
         if self.codec_precision == "int8" and not self.device.startswith("cpu"):
             raise FishSpeechError("--codec-precision int8 is for CPUs (onnxruntime's int8 CPU kernels)")
-        if self.fast_decode and self.slow_transformer_runtime != "torch":
-            raise FishSpeechError(
-                "--fast-decode replays PyTorch's slow blocks: use --fast-decode off with "
-                f"--slow-transformer-runtime {self.slow_transformer_runtime}"
-            )
 
     @property
     def levers(self) -> LmLevers:
@@ -150,13 +147,16 @@ def _template_values(opts: RepositoryOptions) -> dict[str, str]:
 def write_configs(opts: RepositoryOptions) -> None:
     """Copy the repository templates into the output directory with every ${...} value filled."""
     values = _template_values(opts)
+    # Values sit inside the configs' quoted strings: a path with a quote, a backslash or a newline must be
+    # escaped for protobuf's text format, or tritonserver misreads it (or refuses the whole config).
+    escaped = {key: text_encoding.CEscape(value, as_utf8=True) for key, value in values.items()}
     for model in MODELS:
         src = TEMPLATE_DIR / model
         dst = opts.output_dir / model
         shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         template = string.Template((src / "config.pbtxt").read_text())
         try:
-            (dst / "config.pbtxt").write_text(template.substitute(values))
+            (dst / "config.pbtxt").write_text(template.substitute(escaped))
         except KeyError as exc:  # a template names a value this builder does not know: a bug, say which
             raise FishSpeechError(f"{src / 'config.pbtxt'} uses unknown value ${{{exc.args[0]}}}") from exc
     (opts.output_dir / "ensemble" / "1" / ".gitkeep").unlink(missing_ok=True)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 import export.build_repository as build_repository_module
 from export.build_repository import MODELS, RepositoryOptions, build_parser, options_from_args, write_configs
@@ -134,6 +136,7 @@ def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
     ("options", "message"),
     [
         ({"stream_chunk_frames": 0}, "--stream-chunk-frames must be at least 1"),
+        ({"first_chunk_frames": 1025}, "--first-chunk-frames must be at most 1024"),
         ({"codec_threads": -1}, "--codec-threads must be 0 \\(all cores\\) or more"),
         ({"encoder_threads": -1}, "--encoder-threads must be 0 \\(all cores\\) or more"),
         ({"weight_quantization": "int3"}, "weight_quantization must be one of"),
@@ -145,7 +148,7 @@ def test_thread_flags_reach_the_model_configs(tmp_path, triton_checkpoint):
         ({"device": "gpu"}, "--device must be cpu, cuda or cuda:N, got 'gpu'"),
         (
             {"fast_decode": True, "weight_quantization": "int4", "slow_transformer_runtime": "onnxruntime"},
-            "use --fast-decode off with --slow-transformer-runtime onnxruntime",
+            "cannot run with slow_transformer_runtime onnxruntime",
         ),
     ],
 )
@@ -213,3 +216,18 @@ def test_cpu_precision_default_follows_native_bf16(
 def test_counts_below_one_are_refused(tmp_path, triton_checkpoint, flag):
     with pytest.raises(FishSpeechError, match="at least 1"):
         configs_for(tmp_path, triton_checkpoint, flag, "0")
+
+
+def test_paths_are_escaped_so_triton_reads_them_back_exactly(tmp_path, triton_checkpoint):
+    """A quote, a backslash or a newline in a path must neither break the config nor change the path."""
+    odd = tmp_path / 'voices "a"\\b\nc'
+    opts = RepositoryOptions(triton_checkpoint.lm_dir, triton_checkpoint.codec_path, tmp_path / "repo")
+    opts.llama_checkpoint, opts.references_dir = odd / "lm", odd / "refs"
+    write_configs(opts)
+    for model in MODELS:  # every config parses as Triton parses it
+        text_format.Parse((opts.output_dir / model / "config.pbtxt").read_text(), ModelConfig())
+    config = text_format.Parse(
+        (opts.output_dir / "llama_semantic" / "config.pbtxt").read_text(), ModelConfig()
+    )
+    assert config.parameters["checkpoint_dir"].string_value == str((odd / "lm").resolve())
+    assert config.parameters["references_dir"].string_value == str((odd / "refs").resolve())

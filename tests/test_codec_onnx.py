@@ -243,7 +243,7 @@ def test_encoder_keeps_the_codes_of_its_latest_recordings_never_a_refusal(codec_
 
 
 def test_long_decodes_run_in_windows_and_equal_one_shot(codec_small_onnx: Path, monkeypatch) -> None:
-    decoder = OnnxDecoder(codec_small_onnx / DECODER_FILE, threads=1, max_frames=80)
+    decoder = OnnxDecoder(codec_small_onnx / DECODER_FILE, threads=1)
     codes = np.random.default_rng(1).integers(0, 1000, (8, 80), dtype=np.int32)
     one_shot = decoder.decode(codes, context_frames=5)  # 80 frames: one run of the default window
     runs = CountingSession(decoder.session)
@@ -252,8 +252,13 @@ def test_long_decodes_run_in_windows_and_equal_one_shot(codec_small_onnx: Path, 
     windowed = decoder.decode(codes, context_frames=5)
     assert runs.runs == 4 and windowed.shape == one_shot.shape == (75 * 2048,)
     assert np.abs(windowed - one_shot).max() <= 1e-4
-    with pytest.raises(FishSpeechError, match="81 frames .* at most 80 .*max_frames"):
-        decoder.decode(np.zeros((8, 81), np.int32))
+    limit = codec_runtime.MIN_DECODE_FRAMES
+    capped = OnnxDecoder(codec_small_onnx / DECODER_FILE, threads=1, max_frames=limit)
+    with pytest.raises(FishSpeechError, match=f"{limit + 1} frames .* at most {limit} .*max_frames"):
+        capped.decode(np.zeros((8, limit + 1), np.int32))
+    # below one stream chunk with its context, every long stream would fail partway: refused at load
+    with pytest.raises(FishSpeechError, match=f"max_frames must be at least {limit}"):
+        OnnxDecoder(codec_small_onnx / DECODER_FILE, max_frames=limit - 1)
 
 
 def test_encoder_refuses_audio_on_another_scale_and_checks_before_its_cache(codec_small_onnx: Path) -> None:

@@ -50,3 +50,31 @@ def test_values_are_read_with_their_types_and_absent_ones_take_the_default():
 def test_a_bad_value_names_its_parameter(values, read, message):
     with pytest.raises(InputError, match=f"config.pbtxt parameter .*{message}"):
         read(ModelParameters(values))
+
+
+def test_a_value_past_its_maximum_is_refused():
+    params = ModelParameters({"stream_chunk_frames": "5000"})
+    with pytest.raises(InputError, match="stream_chunk_frames must be an integer from 1 to 1024, got '5000'"):
+        params.integer("stream_chunk_frames", 32, minimum=1, maximum=1024)
+    assert (
+        ModelParameters({"stream_chunk_frames": "1024"}).integer("stream_chunk_frames", 32, 1, 1024) == 1024
+    )
+
+
+def test_a_missing_required_parameter_is_named():
+    for params in (ModelParameters(), ModelParameters({"onnx_file": " "})):
+        with pytest.raises(InputError, match="parameter onnx_file is missing"):
+            params.required("onnx_file")
+    assert ModelParameters({"onnx_file": "a.onnx"}).required("onnx_file") == "a.onnx"
+
+
+def test_a_key_no_read_asked_for_is_refused_with_the_likely_one():
+    params = ModelParameters(
+        {"kv_slot": "4", "device": "cpu", "EXECUTION_ENV_PATH": "$$TRITON_MODEL_DIRECTORY/env"}
+    )
+    assert params.integer("kv_slots", 8, minimum=1) == 8 and params.text("device", "gpu") == "cpu"
+    with pytest.raises(InputError, match=r"kv_slot is not one of this model's \(did you mean kv_slots\?\)"):
+        params.refuse_unknown()
+    read_all = ModelParameters({"device": "cpu", "EXECUTION_ENV_PATH": "env.tar.gz"})
+    read_all.text("device", "cpu")
+    read_all.refuse_unknown()  # the Python backend's own parameter is not the model's to refuse

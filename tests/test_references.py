@@ -7,7 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
+from client.triton_stream import RequestRefused, collect
 from fish_speech_triton.audio import save_wav
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.serving import references
@@ -95,3 +97,27 @@ def test_only_voices_a_request_can_name_are_listed(tmp_path):
     (tmp_path / "voices" / "linked").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "voices" / "notes.txt").write_text("not a voice")
     assert ReferenceStore(tmp_path / "voices", CountingEncoder()).ids() == ["alice"]
+
+
+def test_a_stored_sample_the_encoder_refuses_is_named(tmp_path):
+    def refusing(audio: np.ndarray, rate: int) -> np.ndarray:
+        raise InputError("AUDIO is too short: 441 samples")
+
+    sample(tmp_path / "eve", "e.wav", 0.1)
+    with pytest.raises(InputError, match="stored reference eve/e.wav: AUDIO is too short"):
+        ReferenceStore(tmp_path, refusing).load("eve")
+
+
+def test_through_triton_a_refused_stored_sample_is_a_refusal_naming_it(triton_deployment):
+    """The encoder's refusal travels through llama_semantic's call to it as a refusal, not a server failure."""
+    folder = triton_deployment.references_dir / "tiny"
+    try:
+        folder.mkdir()
+        save_wav(folder / "t.wav", np.full(220, 0.1, np.float32), 44100)  # 5 ms: too short to encode
+        (folder / "t.lab").write_text("Hi.", encoding="utf-8")
+        client = grpcclient.InferenceServerClient(triton_deployment.grpc_url)
+        inputs = {"TEXT": "Hello.", "REFERENCE_ID": "tiny"}
+        with pytest.raises(RequestRefused, match="refused: stored reference tiny/t.wav: .*too short"):
+            collect(client, "llama_semantic", inputs, ("CODES",))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

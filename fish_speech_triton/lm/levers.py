@@ -71,13 +71,24 @@ class LmLevers:
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> LmLevers:
         """From a model's config.pbtxt parameters (absent keys: the faithful defaults)."""
-        params = ModelParameters(params)
+        if not isinstance(params, ModelParameters):  # a ModelParameters records which keys were read
+            params = ModelParameters(params)
         return cls(
-            params.get("weight_quantization", "none").strip().lower(),
+            params.text("weight_quantization", "none").lower(),
             params.flag("semantic_head_only", False),
-            params.get("fast_transformer_runtime", "torch").strip().lower(),
-            params.get("slow_transformer_runtime", "torch").strip().lower(),
+            params.text("fast_transformer_runtime", "torch").lower(),
+            params.text("slow_transformer_runtime", "torch").lower(),
         )
+
+    def check_serving(self, device: str, fast_decode: bool) -> None:
+        """Refuse levers that cannot run on `device` or with `fast_decode`, before anything is loaded."""
+        if self.weight_quantization != "none" and not device.startswith("cpu"):
+            raise InputError("weight_quantization runs on CPU only (its packed kernels are CPU kernels)")
+        if fast_decode and self.slow_transformer_runtime != "torch":
+            raise InputError(
+                "fast_decode replays PyTorch's slow blocks: it cannot run with slow_transformer_runtime "
+                f"{self.slow_transformer_runtime}; turn one of them off"
+            )
 
     @property
     def faithful(self) -> bool:

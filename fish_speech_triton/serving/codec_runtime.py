@@ -37,6 +37,10 @@ WINDOW_FRAMES = 256
 MAX_REFERENCE_SECONDS = 90.0
 ENCODER_CACHE_ENTRIES = 64
 MAX_DECODE_FRAMES = 21600  # ~1,000 s of audio, 190 MB of float32 samples
+# Largest audio chunk of a stream (frames): STREAM_CHUNK_FRAMES and the LM's chunk parameters stay within it, and
+# the decoder's max_frames may not go below one such chunk with its context.
+MAX_STREAM_CHUNK_FRAMES = 1024
+MIN_DECODE_FRAMES = MAX_STREAM_CHUNK_FRAMES + CONTEXT_FRAMES
 
 
 def _providers(device: str, available: list[str]) -> list:
@@ -202,8 +206,11 @@ class OnnxDecoder:
     def __init__(
         self, path: str | Path, device: str = "cpu", threads: int = 0, max_frames: int = MAX_DECODE_FRAMES
     ):
-        if max_frames < 1:
-            raise InputError(f"max_frames must be at least 1, got {max_frames}")
+        if max_frames < MIN_DECODE_FRAMES:
+            raise InputError(
+                f"max_frames must be at least {MIN_DECODE_FRAMES} (a stream's largest chunk with its "
+                f"context), got {max_frames}"
+            )
         self.session = open_session(path, device, threads)
         self.max_frames = max_frames
 

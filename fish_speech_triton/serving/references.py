@@ -159,7 +159,12 @@ class ReferenceStore:
                 audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
             except Exception as exc:
                 raise InputError(f"cannot read reference audio {audio_path.name}: {exc}") from exc
-            codes = np.asarray(self.encode(audio.mean(axis=1), int(rate)), dtype=np.int32)
+            try:
+                codes = np.asarray(self.encode(audio.mean(axis=1), int(rate)), dtype=np.int32)
+            except InputError as exc:  # too long, too short, silent...: say which stored file it is
+                raise InputError(
+                    f"stored reference {audio_path.parent.name}/{audio_path.name}: {exc}"
+                ) from exc
             try:
                 _save_atomic(codes_file(audio_path), codes, digest)
             except OSError as exc:  # a read-only folder: the codes stay in memory only

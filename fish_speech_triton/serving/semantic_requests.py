@@ -12,12 +12,12 @@ import numpy as np
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference, validate_codes
+from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.serving.engine import GenerationRequest
 from fish_speech_triton.serving.references import ReferenceStore
 
 MIN_CHUNK_LENGTH = 100  # the original API's minimum: shorter segments cut words apart
 MAX_CHUNK_LENGTH = 1000
-MAX_STREAM_CHUNK_FRAMES = 1024
 # Longest TEXT (UTF-8 bytes) by default: ~100 KB is well over an hour of speech, and one request holds a KV
 # slot for all of it (the model's max_text_bytes parameter).
 DEFAULT_MAX_TEXT_BYTES = 100_000
@@ -65,8 +65,9 @@ def build_request(
         )
     refs: list[Reference] = []
     has_codes = inputs.reference_codes is not None and inputs.reference_codes.size > 0
+    has_text = inputs.reference_text is not None and bool(inputs.reference_text.strip())
     if inputs.reference_id is not None and inputs.reference_id.strip():
-        if has_codes or inputs.reference_text is not None:
+        if has_codes or has_text:  # clients that always send every field send empty ones
             raise InputError(
                 "give either REFERENCE_ID or a reference (audio/codes with REFERENCE_TEXT), not both"
             )
@@ -77,13 +78,13 @@ def build_request(
             for ref in references.load(inputs.reference_id.strip())
         )
     elif has_codes:
-        if inputs.reference_text is None or not inputs.reference_text.strip():
+        if not has_text:
             raise InputError(
                 "a reference (REFERENCE_AUDIO / REFERENCE_CODES) needs REFERENCE_TEXT, its transcript"
             )
         codes = validate_codes(inputs.reference_codes, num_codebooks, codebook_size, "REFERENCE_CODES")
         refs.append(Reference(inputs.reference_text, codes))
-    elif inputs.reference_text is not None and inputs.reference_text.strip():
+    elif has_text:
         raise InputError("REFERENCE_TEXT was given without reference audio or codes")
     elif inputs.reference_codes is not None and inputs.reference_codes.ndim != 2:
         raise InputError(

@@ -77,6 +77,14 @@ def error(exc: BaseException) -> Any:
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
 
 
+def called_model_error(model: str, message: str) -> Exception:
+    """The error to raise for a failed call to another model of the repository (BLS): a refusal of the input
+    stays a refusal (InputError), anything else is the server's failure."""
+    if REFUSAL_MARK in message:
+        return InputError(message.split(REFUSAL_MARK, 1)[1])
+    return pb_utils.TritonModelException(f"{model}: {message}")
+
+
 def error_response(exc: BaseException) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=error(exc))
 

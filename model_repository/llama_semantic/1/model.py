@@ -12,11 +12,13 @@ import triton_python_backend_utils as pb_utils
 
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
+from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.serving.engine import SemanticEngine
 from fish_speech_triton.serving.references import ReferenceStore
 from fish_speech_triton.serving.semantic_requests import DEFAULT_MAX_TEXT_BYTES, SemanticInputs, build_request
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
 from fish_speech_triton.serving.triton_io import (
+    called_model_error,
     device_of,
     error,
     input_array,
@@ -58,21 +60,26 @@ class TritonPythonModel:
         params = model_parameters(args)
         # The stub's thread stays serial; loading and decoding run on their own threads (serving.threads).
         threads = keep_main_thread_serial(params.integer("torch_threads", 0))
-        device = device_of(args, params.get("device", "cpu"))
-        checkpoint = Path(params["checkpoint_dir"])
+        device = device_of(args, params.text("device", "cpu"))
+        checkpoint = Path(params.required("checkpoint_dir"))
         if not checkpoint.is_absolute():
             checkpoint = version_dir(args) / checkpoint
-        self._load_gauges(args)
         levers = LmLevers.from_parameters(params)
         dtype = DTYPES[params.choice("precision", "fp32", tuple(DTYPES))]
+        chunk = {"minimum": 1, "maximum": MAX_STREAM_CHUNK_FRAMES}
         engine_options = {  # read before the minutes of loading: a bad value fails the model at once
             "num_slots": params.integer("kv_slots", 8, minimum=1),
-            "first_chunk_frames": params.integer("first_chunk_frames", 8, minimum=1),
-            "stream_chunk_frames": params.integer("stream_chunk_frames", 32, minimum=1),
+            "first_chunk_frames": params.integer("first_chunk_frames", 8, **chunk),
+            "stream_chunk_frames": params.integer("stream_chunk_frames", 32, **chunk),
             "prefix_cache_size": params.integer("prefix_cache_size", 16),
             "fast_decode": params.flag("fast_decode", False),
         }
-        max_text_bytes = params.integer("max_text_bytes", DEFAULT_MAX_TEXT_BYTES, minimum=1)
+        levers.check_serving(device, engine_options["fast_decode"])
+        self.max_text_bytes = params.integer("max_text_bytes", DEFAULT_MAX_TEXT_BYTES, minimum=1)
+        self.encoder_model = params.text("encoder_model", "vqgan_encoder")
+        references_dir = params.text("references_dir", "")
+        params.refuse_unknown()
+        self._load_gauges(args)
 
         def load():
             model, tokenizer = load_lm(checkpoint, device=device, dtype=dtype)
@@ -80,9 +87,6 @@ class TritonPythonModel:
             return model, tokenizer
 
         self.model, self.tokenizer = run_on_worker_thread(load, threads, name="llama-semantic-load")
-        self.encoder_model = params.get("encoder_model", "vqgan_encoder")
-        self.max_text_bytes = max_text_bytes
-        references_dir = params.get("references_dir", "")
         self.references = ReferenceStore(references_dir, self._encode) if references_dir else None
         self.engine = SemanticEngine(
             self.model, self.tokenizer, on_load=self._report_load, threads=threads, **engine_options
@@ -121,7 +125,7 @@ class TritonPythonModel:
         )
         response = request.exec()
         if response.has_error():
-            raise pb_utils.TritonModelException(response.error().message())
+            raise called_model_error(self.encoder_model, response.error().message())
         return pb_utils.get_output_tensor_by_name(response, "CODES").as_numpy()
 
     def _inputs(self, request):

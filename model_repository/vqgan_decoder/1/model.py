@@ -1,6 +1,6 @@
 """vqgan_decoder: codes -> 44.1 kHz audio (see config.pbtxt for the tensor contract)."""
 
-from fish_speech_triton.serving.codec_runtime import MAX_DECODE_FRAMES, OnnxDecoder
+from fish_speech_triton.serving.codec_runtime import MAX_DECODE_FRAMES, MIN_DECODE_FRAMES, OnnxDecoder
 from fish_speech_triton.serving.triton_io import (
     device_of,
     input_array,
@@ -14,12 +14,14 @@ from fish_speech_triton.serving.triton_io import (
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        self.decoder = OnnxDecoder(
-            version_dir(args) / params["onnx_file"],
-            device=device_of(args, params.get("device", "cpu")),
-            threads=params.integer("intra_op_threads", 0),
-            max_frames=params.integer("max_frames", MAX_DECODE_FRAMES, minimum=1),
-        )
+        options = {
+            "path": version_dir(args) / params.required("onnx_file"),
+            "device": device_of(args, params.text("device", "cpu")),
+            "threads": params.integer("intra_op_threads", 0),
+            "max_frames": params.integer("max_frames", MAX_DECODE_FRAMES, minimum=MIN_DECODE_FRAMES),
+        }
+        params.refuse_unknown()
+        self.decoder = OnnxDecoder(**options)
 
     def _decode(self, request):
         codes = input_array(request, "CODES")

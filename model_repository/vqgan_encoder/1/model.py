@@ -21,13 +21,15 @@ from fish_speech_triton.serving.triton_io import (
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        self.encoder = OnnxEncoder(
-            version_dir(args) / params["onnx_file"],
-            device=device_of(args, params.get("device", "cpu")),
-            threads=params.integer("intra_op_threads", 0),
-            max_seconds=params.number("max_reference_seconds", MAX_REFERENCE_SECONDS, minimum=1.0),
-            cache_entries=params.integer("cache_entries", ENCODER_CACHE_ENTRIES),
-        )
+        options = {
+            "path": version_dir(args) / params.required("onnx_file"),
+            "device": device_of(args, params.text("device", "cpu")),
+            "threads": params.integer("intra_op_threads", 0),
+            "max_seconds": params.number("max_reference_seconds", MAX_REFERENCE_SECONDS, minimum=1.0),
+            "cache_entries": params.integer("cache_entries", ENCODER_CACHE_ENTRIES),
+        }
+        params.refuse_unknown()
+        self.encoder = OnnxEncoder(**options)
 
     def _encode(self, request):
         audio = input_array(request, "AUDIO")
