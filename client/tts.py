@@ -25,21 +25,42 @@ from fish_speech_triton.tools.cli import run_cli
 SAMPLE_RATE = 44100
 
 
+def _integer(bits: int):
+    """An argparse type for a signed `bits`-bit integer input: a larger value is an error, never wrapped."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} does not fit the input's {bits}-bit integer")
+        return value
+
+    parse.__name__ = f"int{bits}"  # argparse names the type in its "invalid int32 value" message
+    return parse
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampling options shared by the clients that run the LM (defaults: the server's)."""
+    int32, int64 = _integer(32), _integer(64)
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=int32,
         help="frames per text segment, 0: up to the context (server default 1024)",
     )
     parser.add_argument("--top-p", type=float, help="nucleus sampling mass, 0 < p <= 1 (server default 0.7)")
     parser.add_argument("--temperature", type=float, help="0 < t < 2 (server default 0.7)")
     parser.add_argument("--repetition-penalty", type=float, help="0 < r < 2 (server default 1.2)")
-    parser.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    parser.add_argument("--seed", type=int64, help="random seed for reproducible sampling")
     parser.add_argument(
         "--chunk-length",
-        type=int,
-        help="text segment length in UTF-8 bytes for long text (server default 200)",
+        type=int32,
+        help="text segment length in UTF-8 bytes for long text, 100-1000 (server default 200)",
+    )
+    parser.add_argument(
+        "--stream-chunk-frames",
+        type=int32,
+        help="frames per streamed chunk, 1-1024 (~21.5 a second of audio; also caps the first chunk); "
+        "larger: fewer, bigger chunks and more throughput (server default: its stream_chunk_frames)",
     )
 
 
@@ -52,6 +73,7 @@ def sampling_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
         "REPETITION_PENALTY": ("repetition_penalty", np.float32),
         "SEED": ("seed", np.int64),
         "CHUNK_LENGTH": ("chunk_length", np.int32),
+        "STREAM_CHUNK_FRAMES": ("stream_chunk_frames", np.int32),
     }
     return {
         name: np.array([getattr(args, attr)], dtype=dtype)

@@ -3,6 +3,7 @@ never a silently short result, and a refusal of the input is told apart from a s
 
 from __future__ import annotations
 
+import argparse
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from client.triton_stream import (
     make_input,
     server_error,
 )
+from client.tts import add_sampling_arguments, sampling_inputs
 from fish_speech_triton.errors import InputError
 
 EVENT = b'data: {"AUDIO": [0.5, 0.25]}\n\n'
@@ -122,3 +124,30 @@ def test_a_lone_surrogate_is_refused_before_sending(protocol: str):
             make_input("TEXT", text["TEXT"])
         else:  # nothing listens at this address: the refusal comes before any connection
             list(http_stream("127.0.0.1:1", "ensemble", text, ("AUDIO",)))
+
+
+def sampling_args(*argv: str) -> dict[str, np.ndarray]:
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser)
+    return sampling_inputs(parser.parse_args(argv))
+
+
+def test_sampling_options_become_the_inputs_with_their_dtypes():
+    inputs = sampling_args("--stream-chunk-frames", "64", "--seed", str(2**63 - 1), "--chunk-length", "300")
+    assert inputs["STREAM_CHUNK_FRAMES"].dtype == np.int32 and inputs["STREAM_CHUNK_FRAMES"].tolist() == [64]
+    assert inputs["SEED"].dtype == np.int64 and inputs["SEED"].tolist() == [2**63 - 1]
+    assert inputs["CHUNK_LENGTH"].tolist() == [300] and "TOP_P" not in inputs  # unset: the server's default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--chunk-length", str(2**32 + 200)), "4294967496 does not fit the input's 32-bit integer"),
+        (("--max-new-tokens", "3000000000"), "does not fit the input's 32-bit integer"),
+        (("--seed", str(2**63)), "does not fit the input's 64-bit integer"),
+    ],
+)
+def test_a_number_too_large_for_its_input_is_an_error_not_wrapped(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        sampling_args(*argv)
+    assert message in capsys.readouterr().err
