@@ -3,6 +3,7 @@ tools, both protocols of client.tts, stored voices, and one clear error line (ex
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,10 +118,13 @@ def test_codes_files_mix_between_the_clients_and_the_offline_tools(
     np.testing.assert_allclose(
         ours, sf.read(offline_codes.with_suffix(".wav"), dtype="float32")[0], atol=2e-3
     )
-    # client.encode's fake.npy -> the offline decoder
+    # client.encode's fake.npy -> the offline decoder == client.decode of the same file
     assert in_process(encode.main, "-i", str(reference_wav), "-o", str(tmp_path / "client.npy"), *url) == 0
     theirs = offline_decode(triton_deployment, tmp_path / "client.npy", tmp_path / "theirs.wav")
+    client_wav = tmp_path / "client.wav"
+    assert in_process(decode.main, "-i", str(tmp_path / "client.npy"), "-o", str(client_wav), *url) == 0
     assert theirs.shape == ours.shape
+    np.testing.assert_allclose(theirs, sf.read(client_wav, dtype="float32")[0], atol=2e-3)
     # the offline tool's fake.npy as client.generate's prompt; its codes_0.npy -> the offline decoder
     args = ("--text", "Hi.", "--prompt-text", "Ref.", "--prompt-tokens", str(offline_codes))
     assert in_process(generate.main, *args, "--max-new-tokens", "8", "--output-dir", str(tmp_path), *url) == 0
@@ -197,25 +201,27 @@ def test_tts_http_with_a_stored_voice_and_play_without_a_device(triton_deploymen
 
 def test_references_add_list_use_and_remove(triton_deployment, reference_wav, tmp_path, capsys):
     root = ("--references-dir", str(triton_deployment.references_dir))
-    assert (
-        in_process(references.main, *root, "add", "carol", "--audio", str(reference_wav), "--text", "Carol.")
-        == 0
-    )
     folder = triton_deployment.references_dir / "carol"
-    assert (folder / "ref.wav").is_file() and (folder / "ref.lab").read_text().strip() == "Carol."
-    assert in_process(references.main, *root, "list") == 0
-    assert "ref.wav  not encoded yet" in capsys.readouterr().out
+    try:  # the folder is the session's: carol must not outlive this test, whatever fails
+        added = ("add", "carol", "--audio", str(reference_wav), "--text", "Carol.")
+        assert in_process(references.main, *root, *added) == 0
+        assert (folder / "ref.wav").is_file() and (folder / "ref.lab").read_text().strip() == "Carol."
+        assert in_process(references.main, *root, "list") == 0
+        assert "ref.wav  not encoded yet" in capsys.readouterr().out
 
-    out = tmp_path / "carol.wav"
-    args = ("--text", "As Carol.", "--reference-id", "carol", "--max-new-tokens", "3", "--output", str(out))
-    assert in_process(tts.main, *args, "--url", triton_deployment.grpc_url) == 0
-    assert in_process(references.main, *root, "list") == 0
-    listing = capsys.readouterr().out
-    assert "carol: 1 sample(s)" in listing and 'ref.wav  codes cached  "Carol."' in listing
-    assert f"{STORED_VOICE}: 1 sample(s)" in listing
+        out = tmp_path / "carol.wav"
+        args = ("--text", "As Carol.", "--reference-id", "carol", "--max-new-tokens", "3")
+        args += ("--output", str(out))
+        assert in_process(tts.main, *args, "--url", triton_deployment.grpc_url) == 0
+        assert in_process(references.main, *root, "list") == 0
+        listing = capsys.readouterr().out
+        assert "carol: 1 sample(s)" in listing and 'ref.wav  codes cached  "Carol."' in listing
+        assert f"{STORED_VOICE}: 1 sample(s)" in listing
 
-    assert in_process(references.main, *root, "remove", "carol") == 0
-    assert not folder.exists()
+        assert in_process(references.main, *root, "remove", "carol") == 0
+        assert not folder.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_references_errors(reference_wav, tmp_path, capsys):

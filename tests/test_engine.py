@@ -40,19 +40,29 @@ def reference(lm_small) -> Reference:
 
 
 def test_greedy_batch_equals_offline_generation(engine, lm_small, reference):
+    loads = []
+    engine._on_load = lambda pending, active: loads.append((pending, active))
     requests = [GenerationRequest(text=t, params=GREEDY, seed=1) for t in TEXTS]
     requests.append(GenerationRequest(text=TEXTS[0], params=GREEDY, seed=1, references=(reference,)))
-    results = assert_engine_matches_faithful_loop(engine, lm_small, requests)  # 5 requests, 3 slots: 2 wait
+    results = assert_engine_matches_faithful_loop(engine, lm_small, requests)
+    assert (2, 3) in loads and max(active for _, active in loads) == 3, loads  # 5 requests, 3 slots: 2 wait
     for codes in results:
         assert codes.dtype == np.int32 and codes.shape[0] == 8 and codes.shape[1] > 0
 
 
-def test_seeded_sampling_is_the_same_alone_and_batched(engine):
+def test_seeded_sampling_is_the_same_alone_and_batched(engine, lm_small):
     params = SamplingParams(max_new_tokens=20)
-    alone = [generate_codes(engine, [GenerationRequest(text=t, params=params, seed=7)])[0] for t in TEXTS[:3]]
-    together = generate_codes(engine, [GenerationRequest(text=t, params=params, seed=7) for t in TEXTS[:3]])
-    for a, b in zip(alone, together, strict=True):
+    requests = [
+        GenerationRequest(text=t, params=params, seed=seed)
+        for t, seed in zip(TEXTS[:3], (7, 8, 9), strict=True)
+    ]
+    alone = [generate_codes(engine, [request])[0] for request in requests]
+    together = generate_codes(engine, requests)
+    other_seed = generate_codes(engine, [GenerationRequest(text=TEXTS[0], params=params, seed=10)])[0]
+    for request, a, b in zip(requests, alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, faithful_codes(lm_small, request.text, params, seed=request.seed))
+    assert not np.array_equal(alone[0], other_seed)
 
 
 def test_long_text_uses_the_iterative_prompt(engine, lm_small):
@@ -165,7 +175,8 @@ def test_a_request_cancelled_while_queued_ends_before_a_slot_frees(engine):
     for sink in busy:  # every slot decodes for a while
         engine.submit(GenerationRequest(text=TEXTS[0], params=long, seed=1), sink)
     deadline = time.monotonic() + 30
-    while engine.active_count < 3 and time.monotonic() < deadline:
+    while engine.active_count < 3:
+        assert time.monotonic() < deadline, f"only {engine.active_count} of 3 slots decoding after 30 s"
         time.sleep(0.01)
     queued = QueuedSink()
     engine.submit(GenerationRequest(text=TEXTS[1], params=GREEDY, seed=1), queued)

@@ -147,12 +147,16 @@ def test_engine_with_references_keeps_greedy_parity_and_batch_independent_sampli
         ]
         assert_engine_matches_faithful_loop(engine, (reference, tokenizer), requests)  # prefix cached once
         assert len(engine._prefixes) == 1
+        sampling = SamplingParams(max_new_tokens=12)
         sampled = [
-            GenerationRequest(text=r.text, params=SamplingParams(max_new_tokens=12), seed=5) for r in requests
+            GenerationRequest(text=r.text, params=sampling, seed=seed)
+            for r, seed in zip(requests, (5, 6, 7), strict=True)
         ]
         alone = [generate_codes(engine, [request])[0] for request in sampled]
         for a, b in zip(alone, generate_codes(engine, sampled), strict=True):
             np.testing.assert_array_equal(a, b)
+        other_seed = GenerationRequest(text=sampled[0].text, params=sampling, seed=8)
+        assert not np.array_equal(generate_codes(engine, [other_seed])[0], alone[0])  # the seed is used
     finally:
         engine.stop()
 

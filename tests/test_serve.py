@@ -26,22 +26,24 @@ def ready(port: int) -> bool:
 def test_demo_server_starts_serves_and_stops_on_sigterm_even_with_sigint_ignored(tmp_path):
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fish_speech_triton.serve", "--demo", "--model-repository", "repo",
-         "--listen", f"127.0.0.1:{http}", "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` in a script
-    )  # fmt: skip
+    log = tmp_path / "serve.log"  # a file, not a pipe: a pipe read only at the end blocks serve past 64 KiB
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fish_speech_triton.serve", "--demo", "--model-repository", "repo",
+             "--listen", f"127.0.0.1:{http}", "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` in a script
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not ready(http):
-            assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(1)
         assert (tmp_path / "references").is_dir() and not (tmp_path / "repo" / "references").exists()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-        output = process.stdout.read().decode(errors="replace")
+        output = log.read_text(errors="replace")
         assert "RANDOM checkpoint" in output and output.rstrip().endswith("interrupted")
         assert not ready(http), "tritonserver still answers after serve exited"
     finally:

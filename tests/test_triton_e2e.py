@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,26 +14,36 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import tritonclient.grpc as grpcclient
+from lm_support import faithful_codes
 from triton_fixtures import (
     FIRST_CHUNK_FRAMES,
     GREEDY,
     KV_SLOTS,
-    STORED_VOICE,
-    STORED_VOICE_TEXT,
     STREAM_CHUNK_FRAMES,
     greedy_inputs,
     offline_codes,
     semantic_codes,
+    wait_for_gauges,
 )
 
-from client.triton_stream import ServerError, collect, infer, stream
-from fish_speech_triton.audio import synthetic_speech
+from client.triton_stream import RequestRefused, collect, infer, make_input, stream
+from fish_speech_triton.audio import save_wav, synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.lm.checkpoint import load_lm
+from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference
+
+# A greedy request that never samples <|im_end|> from the small random model (checked by `long_inputs`):
+# LONG_FRAMES frames take the server seconds (about 7 ms a frame alone on a 2-core CPU).
+LONG_TEXT = "Go on for a long time."
+LONG_FRAMES = 400
+# How soon a cancelled request's slot must be free: a few decode steps, far below the ~3 s the request
+# would still decode for.
+CANCEL_DEADLINE_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +60,28 @@ def codec(triton_deployment):
 @pytest.fixture(scope="module")
 def lm(triton_deployment):
     return load_lm(triton_deployment.checkpoint.lm_dir)
+
+
+@pytest.fixture(scope="module")
+def long_inputs(lm) -> dict[str, object]:
+    """Inputs of a request that runs to its frame limit unless cancelled (checked offline: ~3 s)."""
+    params = SamplingParams(
+        top_p=GREEDY["TOP_P"], repetition_penalty=GREEDY["REPETITION_PENALTY"], max_new_tokens=LONG_FRAMES
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads crawl on a busy 2-core machine
+    try:
+        frames = faithful_codes(lm, LONG_TEXT, params, seed=1).shape[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert frames == LONG_FRAMES, f"it stops by itself after {frames} frames"
+    return greedy_inputs(LONG_TEXT, MAX_NEW_TOKENS=np.array([LONG_FRAMES], np.int32))
+
+
+def encoder_runs(client) -> int:
+    """Requests vqgan_encoder has served so far (BLS calls from llama_semantic included)."""
+    stats = client.get_inference_statistics("vqgan_encoder")
+    return sum(model.inference_stats.success.count for model in stats.model_stats)
 
 
 def offline_audio(codec, codes: np.ndarray) -> np.ndarray:
@@ -163,13 +196,40 @@ def test_ensemble_with_reference_audio(client, codec, lm):
 
 
 def test_stored_reference_voice_is_encoded_once_and_cached(client, triton_deployment, codec, lm):
-    cache = triton_deployment.references_dir / STORED_VOICE / "sample.wav.codes.npz"  # written at first use
-    inputs = greedy_inputs("Speak as Alice.", REFERENCE_ID=STORED_VOICE)
-    audio = collect(client, "ensemble", inputs, ("AUDIO",)).concatenated("AUDIO")
-    with np.load(cache) as saved:
-        reference = Reference(STORED_VOICE_TEXT, torch.from_numpy(saved["codes"]).long())
-    expected = offline_audio(codec, offline_codes(lm, "Speak as Alice.", (reference,)))
-    np.testing.assert_allclose(audio, expected, atol=1e-4)
+    # a voice of its own: alice may have been encoded already by an earlier test of the session
+    folder = triton_deployment.references_dir / "encoded-once"
+    folder.mkdir()
+    try:
+        wav = folder / "sample.wav"
+        save_wav(wav, synthetic_speech(1.3, 22050, seed=12), 22050)
+        (folder / "sample.lab").write_text("A voice encoded once.")
+        cache = folder / "sample.wav.codes.npz"
+        inputs = greedy_inputs("Speak as this voice.", REFERENCE_ID=folder.name)
+        before = encoder_runs(client)
+        first, _ = semantic_codes(client, inputs)
+        assert encoder_runs(client) == before + 1 and cache.is_file()  # encoded at first use, cached
+        written = cache.stat()
+        again, _ = semantic_codes(client, inputs)
+        os.utime(wav)  # the server re-checks a touched file: same bytes, so the cached codes still hold
+        touched, _ = semantic_codes(client, inputs)
+        assert encoder_runs(client) == before + 1, "the voice was encoded again"
+        assert (cache.stat().st_mtime_ns, cache.stat().st_ino) == (written.st_mtime_ns, written.st_ino)
+        audio = collect(client, "ensemble", inputs, ("AUDIO",)).concatenated("AUDIO")
+
+        with np.load(cache) as saved:
+            cached_codes = saved["codes"]
+        samples, rate = sf.read(wav, dtype="float32")
+        encoded = infer(
+            client, "vqgan_encoder", {"AUDIO": samples, "SAMPLE_RATE": np.array([rate], np.int32)}, ("CODES",)
+        )
+        np.testing.assert_array_equal(cached_codes, encoded["CODES"])  # the cache holds this audio's codes
+        reference = Reference("A voice encoded once.", torch.from_numpy(cached_codes).long())
+        expected = offline_codes(lm, "Speak as this voice.", (reference,))
+        for codes in (first, again, touched):
+            np.testing.assert_array_equal(codes, expected)
+        np.testing.assert_allclose(audio, offline_audio(codec, expected), atol=1e-4)
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_http_generate_stream(triton_deployment, codec, lm):
@@ -218,13 +278,13 @@ def test_eight_concurrent_streams_each_equal_their_solo_result(client, triton_de
         np.testing.assert_array_equal(codes, run(inputs))
 
 
-def test_cancelled_stream_frees_its_slot(client, triton_deployment):
-    long = {**greedy_inputs("Go on for a long time."), "MAX_NEW_TOKENS": np.array([900], np.int32)}
-    long["REPETITION_PENALTY"] = np.array([1.0], np.float32)
+def test_cancelled_stream_frees_its_slot(client, triton_deployment, long_inputs):
     for _ in range(KV_SLOTS + 1):  # more cancellations than slots: a leaked slot would block the last request
-        gen = stream(client, "llama_semantic", long, ("CODES",))
+        gen = stream(client, "llama_semantic", long_inputs, ("CODES",))
         next(gen)
         gen.close()  # cancels the request on the server
+    # each request would decode for seconds more: cancelled, its slot is free within a few steps
+    wait_for_gauges(triton_deployment, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
     codes, _ = semantic_codes(client, greedy_inputs("Still served."))
     assert codes.shape[1] > 0
 
@@ -291,19 +351,33 @@ def test_bad_input_is_an_error_while_good_requests_go_on(client, triton_deployme
     worker = threading.Thread(target=good)
     worker.start()
     for _ in range(2):  # sent again, refused again: no refusal is cached as an answer
-        with pytest.raises(ServerError, match=message):
+        with pytest.raises(RequestRefused, match=message) as refused:  # the input's fault, not a failure
             if model in ("llama_semantic", "ensemble"):
                 collect(client, model, inputs, ("CODES", "AUDIO"))
             else:
                 infer(client, model, inputs, ("CODES", "AUDIO"))
+        assert "refused: " in str(refused.value)
     worker.join(120)
     assert good_result and good_result[0].shape[1] > 0
 
 
-def test_engine_load_is_exported_as_prometheus_gauges(client, triton_deployment):
-    semantic_codes(client, greedy_inputs("Count me."))
-    url = f"http://{triton_deployment.server.host}:{triton_deployment.server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        metrics = response.read().decode()
-    for name in ("fish_speech_lm_pending_requests", "fish_speech_lm_active_sequences"):
-        assert f'{name}{{instance="llama_semantic_0_0",model="llama_semantic"}}' in metrics, name
+def test_engine_load_is_exported_as_prometheus_gauges(triton_deployment, long_inputs):
+    clients = [grpcclient.InferenceServerClient(triton_deployment.grpc_url) for _ in range(KV_SLOTS + 1)]
+    streams = [stream(own, "llama_semantic", long_inputs, ("CODES",)) for own in clients[:KV_SLOTS]]
+    queued = clients[-1]
+    try:
+        wait_for_gauges(triton_deployment, pending=0, active=0, within_s=30)  # nothing left from other tests
+        for gen in streams:  # every KV-cache slot decodes a long request
+            next(gen)
+        wait_for_gauges(triton_deployment, pending=0, active=KV_SLOTS, within_s=5)
+        queued.start_stream(callback=lambda result, error: None)  # one more: it waits for a slot
+        tensors = [make_input(name, value) for name, value in long_inputs.items()]
+        queued.async_stream_infer("llama_semantic", tensors, enable_empty_final_response=True)
+        wait_for_gauges(triton_deployment, pending=1, active=KV_SLOTS, within_s=5)
+    finally:
+        for gen in streams:
+            gen.close()
+        queued.stop_stream(cancel_requests=True)
+    wait_for_gauges(triton_deployment, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
+    for own in clients:
+        own.close()

@@ -5,6 +5,9 @@ Registered as a pytest plugin by conftest.py; the server starts once per test se
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +117,26 @@ def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
         parts.append(chunk["CODES"][:, context:])
         layout.append((chunk["CODES"].shape[1] - context, context))
     return np.concatenate(parts, axis=1), layout
+
+
+def lm_gauges(deployment) -> tuple[int, int]:
+    """(pending requests, active sequences) as llama_semantic exports them on Triton's metrics endpoint."""
+    url = f"http://{deployment.server.host}:{deployment.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        metrics = response.read().decode()
+    values = []
+    for name in ("fish_speech_lm_pending_requests", "fish_speech_lm_active_sequences"):
+        series = f'{name}{{instance="llama_semantic_0_0",model="llama_semantic"}}'
+        found = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+        assert found, f"{series} is not exported"
+        values.append(int(float(found[1])))
+    return values[0], values[1]
+
+
+def wait_for_gauges(deployment, pending: int, active: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while (seen := lm_gauges(deployment)) != (pending, active):
+        assert time.monotonic() < deadline, (
+            f"(pending, active) is {seen} after {within_s} s, not {(pending, active)}"
+        )
+        time.sleep(0.01)
