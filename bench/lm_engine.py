@@ -1,6 +1,6 @@
 """LM serving speed: the batched engine (eager or fast decode) against the faithful one-request loop.
 
-    python -m bench.lm_engine [--device cpu|cuda] [--precision bf16] [--concurrency 1 8 32] [--frames 128]
+    python -m bench.lm_engine [--device cpu|cuda] [--precision bf16] [--concurrency 1 8] [--frames 64]
         [--fast-decode] [--compile-decode] [--weight-quantization int4] [--semantic-head-only] [--check]
         [--pipeline] [--profile]
 

@@ -6,7 +6,7 @@ python -m client.references remove alice
 
 It works on the folder itself (`--references-dir`, the server's `references_dir`), so run it where that
 folder is (the server's host or a shared volume). `llama_semantic` encodes a new sample on first use and
-caches its codes next to it (`<name>.codes.npz`, e.g. `alice.wav.codes.npz`); `list` shows which samples
+caches its codes next to it (`<name>.wav.codes.npz`, e.g. `alice.wav.codes.npz`); `list` shows which samples
 are cached.
 """
 
