@@ -77,3 +77,10 @@ def test_select_history_keeps_first_two_and_recent_pairs():
     assert _sizes(select_history(history, 13 + 33)) == [10, 20, 13]
     assert _sizes(select_history(history, 0)) == [10, 20, 13]
     assert _sizes(select_history(history[:3], 0)) == [10, 20, 11]
+
+
+def test_a_nul_character_is_refused_not_spoken_as_a_dot():
+    """The segmenter stands NUL in for decimal points: a real one would come back as '.'."""
+    for iterative in (True, False):
+        with pytest.raises(InputError, match=r"the text contains a NUL character \(at 1\)"):
+            text_segments("a\x00b", iterative_prompt=iterative, chunk_length=100)

@@ -329,7 +329,7 @@ BAD_REQUESTS = [
     ("llama_semantic", {"TEXT": "word " * 3000, "CHUNK_LENGTH": np.array([1000], np.int32)}, "holds at most"),
     ("llama_semantic", {"TEXT": "hi", "CHUNK_LENGTH": np.array([1], np.int32)}, "CHUNK_LENGTH must be in"),
     ("llama_semantic", {"TEXT": "word " * 20_001}, "TEXT is 100005 bytes: at most 100000"),
-    ("llama_semantic", {"TEXT": "a\x00b. c"}, "TEXT contains a NUL character \\(at 1\\)"),
+    ("llama_semantic", {"TEXT": "a\x00b. c"}, "text contains a NUL character \\(at 1\\)"),
     (
         "ensemble",
         {"TEXT": "hi", "REFERENCE_AUDIO": np.zeros(100, np.float32), "REFERENCE_TEXT": "x"},

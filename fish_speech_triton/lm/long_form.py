@@ -42,6 +42,8 @@ def select_history(history: Sequence[Tensor], budget: int) -> list[Tensor]:
 
 
 def text_segments(text: str, *, iterative_prompt: bool, chunk_length: int) -> list[str]:
+    if "\x00" in text:  # no text holds one; the segmenter uses it to keep decimal points whole
+        raise InputError(f"the text contains a NUL character (at {text.index(chr(0))})")
     segments = split_text(text, chunk_length) if iterative_prompt else [clean_text(text)]
     segments = [segment for segment in segments if segment]
     if not segments:

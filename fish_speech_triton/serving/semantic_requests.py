@@ -57,8 +57,6 @@ def build_request(
     defaults = defaults or SamplingParams()
     if inputs.text is None or not inputs.text.strip():
         raise InputError("TEXT is empty")
-    if "\x00" in inputs.text:  # no text holds one; the segmenter uses it to keep decimal points whole
-        raise InputError(f"TEXT contains a NUL character (at {inputs.text.index(chr(0))})")
     if (size := len(inputs.text.encode("utf-8"))) > max_text_bytes:
         raise InputError(
             f"TEXT is {size} bytes: at most {max_text_bytes} (the model's max_text_bytes); send it in parts"
