@@ -7,7 +7,7 @@ they arrive until Triton's final (empty) response, and leaving early cancels the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import grpc
 import numpy as np
@@ -45,7 +45,7 @@ async def stream_async(
     outputs: tuple[str, ...],
     silence_s: float = STREAM_SILENCE_S,
     url: str = "",
-) -> AsyncIterator[dict[str, np.ndarray]]:
+) -> AsyncGenerator[dict[str, np.ndarray], None]:
     """Send one request on a new stream and yield each non-final response's outputs as they arrive.
 
     Closing the generator early (the caller went away) cancels the request on the server. A stream that

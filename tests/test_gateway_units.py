@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import wave
 
@@ -9,8 +11,11 @@ import numpy as np
 import pytest
 
 from fish_speech_triton.errors import InputError
+from fish_speech_triton.gateway.app import _first, _pcm_stream
+from fish_speech_triton.gateway.asgi import AudioStream
 from fish_speech_triton.gateway.encoding import decode_audio, encode_audio, pcm16, wav_header
 from fish_speech_triton.gateway.schemas import SpeechRequest, TTSRequest, parse
+from fish_speech_triton.gateway.synthesis import Synthesizer
 
 
 def python_wav(samples: np.ndarray) -> bytes:
@@ -69,3 +74,46 @@ def test_json_bytes_are_base64_and_every_problem_is_named():
         "references.0.audio: Value error, expected base64",
     ):
         assert part in message
+
+
+def test_a_client_leaving_during_a_blocked_write_cancels_the_lm_stream_at_once():
+    """The client stops reading (its socket fills, a write blocks), then hangs up: the LM stream must be
+    closed when the response ends, not whenever a garbage collection reaches the abandoned generators."""
+    closed = []
+
+    class Backend:  # stands in for Triton: closing the LM stream is what cancels the request there
+        async def stream(self, model, inputs, outputs):
+            try:
+                while True:
+                    await asyncio.sleep(0.01)
+                    yield {"CODES": np.zeros((8, 1), np.int32), "CONTEXT_FRAMES": np.zeros(1, np.int32)}
+            finally:
+                closed.append(model)
+
+        async def infer(self, model, inputs, outputs):
+            return {"AUDIO": np.zeros(2048, np.float32)}
+
+    async def main() -> None:
+        rest = Synthesizer(Backend(), None).chunks({})
+        first = await _first(rest)
+        response = AudioStream(_pcm_stream(b"header", first, rest), media_type="audio/wav")
+        writes, never = 0, asyncio.Event()
+
+        async def send(message) -> None:
+            nonlocal writes
+            writes += 1
+            if writes >= 3:  # the client's buffer is full: this write never completes
+                await never.wait()
+
+        async def receive():
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}
+
+        await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+        assert closed == ["llama_semantic"], "the LM stream is still open after the response ended"
+
+    gc.disable()  # a collection could close the generators and hide the leak
+    try:
+        asyncio.run(main())
+    finally:
+        gc.enable()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 
@@ -59,12 +59,13 @@ def _attachment(audio_format: str) -> dict[str, str]:
     return {"Content-Disposition": f"attachment; filename=audio.{audio_format}"}
 
 
-async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncIterator[np.ndarray]):
-    yield header
-    if first is not None:
-        yield pcm16(first).tobytes()
-        async for chunk in rest:
-            yield pcm16(chunk).tobytes()
+async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncGenerator[np.ndarray, None]):
+    async with aclosing(rest):  # closing the body closes the LM stream too
+        yield header
+        if first is not None:
+            yield pcm16(first).tobytes()
+            async for chunk in rest:
+                yield pcm16(chunk).tobytes()
 
 
 async def _first(chunks: AsyncIterator[np.ndarray]) -> np.ndarray | None:

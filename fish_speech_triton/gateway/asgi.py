@@ -53,16 +53,21 @@ class AudioStream(StreamingResponse):
     KV-cache slot freed at once."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def stream() -> None:
-                with contextlib.suppress(OSError):  # the client left while we were writing
-                    await self.stream_response(send)
+                async def stream() -> None:
+                    with contextlib.suppress(OSError):  # the client left while we were writing
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
+        finally:
+            # A client that leaves while a write is blocked cancels the write, not the body: close the body
+            # now (and the LM stream inside it), not whenever a garbage collection reaches it.
+            await self.body_iterator.aclose()
 
 
 async def _disconnected(request: Request) -> None:

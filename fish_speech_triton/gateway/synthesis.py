@@ -19,7 +19,8 @@ Mapping of the original's fields (docs/http_api.md explains each):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
@@ -95,10 +96,12 @@ class Synthesizer:
             inputs.update(await self.reference_inputs(request.references))
         return inputs
 
-    async def chunks(self, inputs: dict[str, object]) -> AsyncIterator[np.ndarray]:
+    async def chunks(self, inputs: dict[str, object]) -> AsyncGenerator[np.ndarray, None]:
         """Audio chunks (float32, 44.1 kHz) as the LM streams codes; closing this cancels the LM request."""
-        async for codes in self.backend.stream("llama_semantic", inputs, ("CODES", "CONTEXT_FRAMES")):
-            yield await self.decode(codes["CODES"], int(codes["CONTEXT_FRAMES"][0]))
+        codes_stream = self.backend.stream("llama_semantic", inputs, ("CODES", "CONTEXT_FRAMES"))
+        async with contextlib.aclosing(codes_stream):
+            async for codes in codes_stream:
+                yield await self.decode(codes["CODES"], int(codes["CONTEXT_FRAMES"][0]))
 
     async def audio(self, inputs: dict[str, object]) -> np.ndarray:
         parts = [chunk async for chunk in self.chunks(inputs)]

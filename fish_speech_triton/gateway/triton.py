@@ -5,7 +5,7 @@ concurrently on the server's in-flight batching. Errors arrive as `ServerError` 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import numpy as np
 from tritonclient.grpc import aio
@@ -33,7 +33,7 @@ class TritonBackend:
 
     def stream(
         self, model: str, inputs: Mapping[str, object], outputs: tuple[str, ...]
-    ) -> AsyncIterator[dict[str, np.ndarray]]:
+    ) -> AsyncGenerator[dict[str, np.ndarray], None]:
         """Send one request on a new stream; yield each non-final response's outputs as it arrives.
 
         Closing the generator early (the HTTP client went away) cancels the request on the server.
