@@ -13,6 +13,7 @@ from lm_support import assert_engine_matches_faithful_loop, faithful_codes
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference
+from fish_speech_triton.serving import engine as engine_module
 from fish_speech_triton.serving.engine import (
     CONTEXT_FRAMES,
     CollectingSink,
@@ -115,7 +116,8 @@ def test_cancelled_request_frees_its_slot(engine):
         engine.submit(GenerationRequest(text=TEXTS[0], params=params, seed=1), sink)
     for sink in sinks:
         assert sink.closed.wait(60)
-        assert sink.error is None and len(sink.chunks) == 1
+        frames = sum(codes.shape[1] - context for codes, context in sink.chunks)
+        assert sink.error is None and frames < 100  # ended at the next poll, not after its 500 frames
     after = generate_codes(engine, [GenerationRequest(text=TEXTS[2], params=GREEDY, seed=1)])[0]
     assert after.shape[1] > 0
     assert engine.active_count == 0
@@ -263,3 +265,27 @@ def test_fast_decode_takes_seeds_up_to_the_int64_limit_for_every_segment(fast_en
     )
     codes = generate_codes(fast_engine, [request])[0]
     assert codes.shape[1] > 6  # more than one segment decoded
+
+
+class CountingSink(CollectingSink):
+    """Counts how often the engine asks whether its client gave up (a round trip to Triton each time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def cancelled(self) -> bool:
+        self.asked += 1
+        return False
+
+
+def test_clients_are_asked_about_cancelling_per_poll_interval_not_per_step(engine, monkeypatch):
+    monkeypatch.setattr(engine_module, "CANCEL_POLL_S", 3600.0)  # one poll in this test's lifetime
+    engine._next_cancel_poll = 0.0
+    sinks = [CountingSink() for _ in range(3)]
+    params = SamplingParams(top_p=1e-6, repetition_penalty=1.3, max_new_tokens=40)
+    for sink in sinks:
+        engine.submit(GenerationRequest(text=TEXTS[0], params=params, seed=1), sink)
+    for sink in sinks:
+        frames = sink.result().shape[1]
+        assert frames > 10 and sink.asked <= 2, (frames, sink.asked)  # at admission and at the first poll

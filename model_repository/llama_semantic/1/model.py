@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
-from fish_speech_triton.serving.engine import SemanticEngine
+from fish_speech_triton.serving.engine import SemanticEngine, close_sink
 from fish_speech_triton.serving.references import ReferenceStore
 from fish_speech_triton.serving.semantic_requests import DEFAULT_MAX_TEXT_BYTES, SemanticInputs, build_request
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
@@ -157,7 +157,7 @@ class TritonPythonModel:
                 )
                 self.engine.submit(generation, sink)
             except Exception as exc:  # a bad request gets its error; the model keeps serving
-                sink.close(exc)
+                close_sink(sink, exc)  # never raises: the batch's other requests still get their answers
         return None
 
     def finalize(self):
