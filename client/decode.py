@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.codes_file import read_codes
 from client.triton_stream import add_url_argument, connect, infer
 from fish_speech_triton.audio import CODEC_SAMPLE_RATE, save_wav, wav_output
+from fish_speech_triton.codes_file import read_codes
 from fish_speech_triton.tools.cli import run_cli
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.codes_file import check_codes_path, write_codes
 from client.triton_stream import add_url_argument, connect, infer
 from fish_speech_triton.audio import CODEC_SAMPLE_RATE, load_audio
+from fish_speech_triton.codes_file import check_codes_path, write_codes
 from fish_speech_triton.tools.cli import run_cli
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.codes_file import read_codes, write_codes
 from client.triton_stream import StreamResult, add_url_argument, collect, connect
 from client.tts import add_sampling_arguments, sampling_inputs
 from fish_speech_triton.audio import CODEC_SAMPLE_RATE
+from fish_speech_triton.codes_file import read_codes, write_codes
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.tools.cli import run_cli
 

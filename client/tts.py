@@ -20,28 +20,14 @@ from client.triton_http import DEFAULT_HTTP_URL, http_stream
 from client.triton_stream import DEFAULT_URL, StreamResult, connect, stream
 from fish_speech_triton.audio import load_audio, save_wav, wav_output
 from fish_speech_triton.errors import FishSpeechError
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_type, run_cli
 
 SAMPLE_RATE = 44100
 
 
-def _integer(bits: int):
-    """An argparse type for a signed `bits`-bit integer input: a larger value is an error, never wrapped."""
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} does not fit the input's {bits}-bit integer")
-        return value
-
-    parse.__name__ = f"int{bits}"  # argparse names the type in its "invalid int32 value" message
-    return parse
-
-
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampling options shared by the clients that run the LM (defaults: the server's)."""
-    int32, int64 = _integer(32), _integer(64)
+    int32, int64 = int_type(32), int_type(64)
     parser.add_argument(
         "--max-new-tokens",
         type=int32,

@@ -6,6 +6,7 @@ Also a synthetic speech-like signal for tests and benchmarks (no audio files shi
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,27 +40,45 @@ def load_audio(path: str | Path, target_sr: int = CODEC_SAMPLE_RATE) -> np.ndarr
         raise InputError(f"cannot read audio file {path}: {exc}") from exc
     if data.size == 0:
         raise InputError(f"audio file {path} holds no samples")
+    if not np.isfinite(data).all():  # a float file can hold NaN or infinity; the codec would give wrong codes
+        raise InputError(f"audio file {path} holds samples that are not finite numbers (NaN or infinity)")
     return resample(data.mean(axis=1), sr, target_sr)
 
 
 def wav_output(path: Path, option: str = "--output") -> Path:
-    """A command's output path, refused up front unless it names a .wav file (nothing else is written)."""
+    """A command's output path, refused up front unless it names a .wav file that can be written there
+    (checked before any work, so that nothing is computed, or half written, for nothing)."""
     if path.suffix.lower() != ".wav":
         raise InputError(f"{option} must be a .wav file, got {path}")
+    check_writable(path, option)
     return path
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse a file path that is a folder, or whose nearest existing folder cannot be written to."""
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder, not a file")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot write in {folder}")
 
 
 def save_wav(path: str | Path, audio: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
     """Write mono float audio (clipped to [-1, 1]) as a 16-bit PCM wav; parent directories are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(
-        path,
-        np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0),
-        sr,
-        subtype="PCM_16",
-        format="WAV",
-    )
+    try:
+        sf.write(
+            path,
+            np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0),
+            sr,
+            subtype="PCM_16",
+            format="WAV",
+        )
+    except sf.LibsndfileError as exc:  # not an OSError: say which file, as for any other write
+        raise InputError(f"cannot write {path}: {exc}") from exc
     return path
 
 

@@ -142,9 +142,9 @@ def test_sampling_options_become_the_inputs_with_their_dtypes():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (("--chunk-length", str(2**32 + 200)), "4294967496 does not fit the input's 32-bit integer"),
-        (("--max-new-tokens", "3000000000"), "does not fit the input's 32-bit integer"),
-        (("--seed", str(2**63)), "does not fit the input's 64-bit integer"),
+        (("--chunk-length", str(2**32 + 200)), "4294967496 does not fit a signed 32-bit integer"),
+        (("--max-new-tokens", "3000000000"), "does not fit a signed 32-bit integer"),
+        (("--seed", str(2**63)), "does not fit a signed 64-bit integer"),
     ],
 )
 def test_a_number_too_large_for_its_input_is_an_error_not_wrapped(argv, message, capsys):

@@ -284,7 +284,7 @@ def test_bad_files_and_arguments_are_one_clear_line_and_exit_2(
         (encode.main, ("-i", str(noise)), "cannot read audio file"),
         (encode.main, ("-i", str(reference_wav), "-o", str(tmp_path / "codes.txt")), "codes go to a .npy file"),
         (decode.main, ("-i", str(tmp_path / "missing.npy")), "codes file not found"),
-        (decode.main, ("-i", str(garbage)), "cannot read codes file"),
+        (decode.main, ("-i", str(garbage)), "is not a .npy array"),
         (decode.main, ("-i", str(shapes)), "must have shape [8, frames>0], got [3, 5]"),
         (decode.main, ("-i", str(floats)), "must be integers"),
         (decode.main, ("-i", str(big)), "must be in [0, 1024)"),

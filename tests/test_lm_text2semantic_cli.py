@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fish_speech_triton.audio import save_wav
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.long_form import generate_long
@@ -85,6 +86,11 @@ def bad_tokens(tmp_path_factory) -> Path:
         ("empty_text", "empty"),
         ("mismatched_counts", "2 --prompt-text and 1 --prompt-tokens"),
         ("bad_top_p", "top_p"),
+        ("device_without_cuda", "device 'cuda:0' was asked for but CUDA is not available here"),
+        ("unknown_device", "unknown device 'tpu'"),
+        ("audio_as_tokens", r"prompt tokens .*ref.wav is not a .npy array .*encoded to codes first"),
+        ("npz_as_tokens", r"prompt tokens .*codes.npy is a .npz archive, not a .npy array"),
+        ("output_dir_is_a_file", "--output-dir .*cannot write in"),
     ],
 )
 def test_bad_input_is_one_error_line(lm_small_checkpoint, prompt_tokens, bad_tokens, tmp_path, case, message):
@@ -97,11 +103,28 @@ def test_bad_input_is_one_error_line(lm_small_checkpoint, prompt_tokens, bad_tok
             "--text", "Hi.", *checkpoint, "--prompt-text", "a", "--prompt-text", "b", "--prompt-tokens", prompt_tokens,
         ],
         "bad_top_p": ["--text", "Hi.", *checkpoint, "--top-p", "1.5"],
+        "device_without_cuda": ["--text", "Hi.", *checkpoint, "--device", "cuda:0"],
+        "unknown_device": ["--text", "Hi.", *checkpoint, "--device", "tpu"],
+        "audio_as_tokens": ["--text", "Hi.", *checkpoint, "--prompt-text", "x", "--prompt-tokens", tmp_path / "ref.wav"],
+        "npz_as_tokens": ["--text", "Hi.", *checkpoint, "--prompt-text", "x", "--prompt-tokens", tmp_path / "codes.npy"],
+        "output_dir_is_a_file": ["--text", "Hi.", *checkpoint, "--output-dir", tmp_path / "taken" / "out"],
     }[case]  # fmt: skip
-    result = _run(*args, "--output-dir", tmp_path / "out")
+    if case == "device_without_cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    save_wav(tmp_path / "ref.wav", np.zeros(4410, np.float32), 44100)
+    with open(tmp_path / "codes.npy", "wb") as archive:  # np.savez under a .npy name
+        np.savez(archive, codes=np.zeros((8, 4), np.int32))
+    (tmp_path / "taken").write_text("a file where the output folder's parent should be")
+    result = _run(*args, "--output-dir", tmp_path / "out") if "--output-dir" not in args else _run(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(message, lines[0])
     assert not (tmp_path / "out" / "codes_0.npy").exists()
+
+
+def test_a_seed_beyond_64_bits_is_refused_by_the_parser(tmp_path):
+    result = _run("--text", "Hi.", "--seed", str(2**64), "--output-dir", tmp_path)
+    assert result.returncode == 2 and "does not fit a signed 64-bit integer" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -68,7 +68,8 @@ def _bad_npy(tmp_path: Path, name: str, array: np.ndarray) -> Path:
         (lambda d: _bad_npy(d, "flat.npy", np.zeros(80, np.int32)), "must have shape"),
         (lambda d: _bad_npy(d, "float.npy", np.zeros((8, 10), np.float32)), "must be integers"),
         (lambda d: _bad_npy(d, "range.npy", np.full((8, 10), 1024, np.int64)), r"must be in \[0, 1024\)"),
-        (lambda d: (d / "text.npy").write_text("nope") and d / "text.npy", "cannot read codes file"),
+        (lambda d: (d / "text.npy").write_text("nope") and d / "text.npy", "is not a .npy array"),
+        (lambda d: _nan_wav(d / "nan.wav"), r"nan.wav holds samples that are not finite numbers"),
     ],
 )
 def test_bad_inputs_give_one_error_line(
@@ -79,6 +80,23 @@ def test_bad_inputs_give_one_error_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "x.wav").exists()  # nothing half done
+
+
+def _nan_wav(path: Path) -> Path:
+    sf.write(path, np.full(4410, np.nan, np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path, codec_cli_args: list):
+    sf.write(tmp_path / "ref.wav", synthetic_speech(0.5, sample_rate=44100), 44100)
+    (tmp_path / "taken.wav").mkdir()  # a folder with the output's name
+    done = _run("-i", tmp_path / "ref.wav", "-o", tmp_path / "taken.wav", *codec_cli_args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: --output {tmp_path / 'taken.wav'} is a folder, not a file"
+    ]
+    assert not (tmp_path / "taken.npy").exists()  # the codes were not written either
 
 
 def test_bad_checkpoint_and_help(tmp_path: Path, codec_small_config_file: Path) -> None:

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from fish_speech_triton.codec.config import CodecConfig, load_codec_config
 from fish_speech_triton.codec.layers import LayerNormChannelsFirst
 from fish_speech_triton.codec.model import FireflyCodec
-from fish_speech_triton.errors import CheckpointError, InputError
+from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import resolve_codec_checkpoint
 
 WeightNormForm = Literal["parametrizations", "weight_g"]
@@ -118,9 +119,7 @@ def load_codec(
     path: str | Path, config: CodecConfig | None = None, device: str | torch.device = "cpu"
 ) -> FireflyCodec:
     """The codec of a generator checkpoint (local file, directory holding it, or HF repo id), in eval mode."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for but CUDA is not available here; use --device cpu")
+    device = torch_device(device)
     file = resolve_codec_checkpoint(path)
     codec = FireflyCodec(config or load_codec_config())
     state = _read(file)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import LM_FILES, read_checkpoint_json, resolve_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.model import DualARTransformer
@@ -106,6 +107,7 @@ def load_lm(
 
     The model is in eval mode with weights in `dtype` on `device`; caches are not allocated yet.
     """
+    device = torch_device(device)
     directory = resolve_checkpoint(path_or_repo, files=LM_FILES)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory (expected {', '.join(LM_FILES)})")

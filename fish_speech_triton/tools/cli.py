@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,3 +27,17 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def int_type(bits: int) -> Callable[[str], int]:
+    """An argparse type for a signed `bits`-bit integer input: a larger value is an error, never wrapped."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} does not fit a signed {bits}-bit integer")
+        return value
+
+    parse.__name__ = f"int{bits}"  # argparse names the type in its "invalid int32 value" message
+    return parse

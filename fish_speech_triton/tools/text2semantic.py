@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fish_speech_triton.audio import check_writable
+from fish_speech_triton.codes_file import load_npy
 from fish_speech_triton.errors import InputError
+from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import resolve_checkpoint
 from fish_speech_triton.lm.checkpoint import CONFIG_FILE, load_lm
 from fish_speech_triton.lm.config import DualARConfig
@@ -28,7 +31,7 @@ from fish_speech_triton.lm.generation import Generation, SamplingParams
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
 from fish_speech_triton.lm.long_form import generate_long, text_segments
 from fish_speech_triton.lm.prompt import Reference
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_type, run_cli
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fish_speech_triton.tools.text2semantic",
         description="Generate Fish-Speech 1.5 semantic codes for a text, optionally in the voice of references.",
+        epilog="Writes OUTPUT_DIR/codes_N.npy (int32 [8, frames]) for each sample N; decode them with "
+        "python -m fish_speech_triton.tools.vqgan -i OUTPUT_DIR/codes_0.npy.",
     )
+    int32, int64 = int_type(32), int_type(64)
     parser.add_argument("--text", required=True, help="the text to speak")
     parser.add_argument(
         "--prompt-text", action="append", default=[], help="transcript of a reference (repeat for several)"
@@ -56,28 +62,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint-path",
         default="checkpoints/fish-speech-1.5",
-        help="LM checkpoint directory, or a Hugging Face repo id such as fishaudio/fish-speech-1.5",
+        help="LM checkpoint directory, or a Hugging Face repo id such as fishaudio/fish-speech-1.5 "
+        "(default %(default)s)",
     )
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument(
+        "--num-samples",
+        type=int32,
+        default=1,
+        help="generations of the text, each its own file (default %(default)s)",
+    )
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=int32,
         default=0,
         help="frames per segment at most (0: up to the model's length)",
     )
-    parser.add_argument("--top-p", type=float, default=0.7)
-    parser.add_argument("--repetition-penalty", type=float, default=1.2)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--top-p", type=float, default=0.7, help="nucleus sampling mass, 0 < p <= 1 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.2, help="0 < r < 2 (default %(default)s)"
+    )
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 < t < 2 (default %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=int64,
+        default=42,
+        help="random seed: the same seed, the same codes (default %(default)s)",
+    )
     parser.add_argument(
         "--iterative-prompt",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="split long text into segments generated one after another (default: on)",
     )
-    parser.add_argument("--chunk-length", type=int, default=100, help="segment length in UTF-8 bytes")
-    parser.add_argument("--output-dir", type=Path, default=Path("temp"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--chunk-length", type=int32, default=100, help="segment length in UTF-8 bytes (default %(default)s)"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("temp"), help="where codes_N.npy go (default %(default)s)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default here: %(default)s)",
+    )
     parser.add_argument("--half", action="store_true", help="fp16 weights (same as --precision fp16)")
     parser.add_argument(
         "--precision",
@@ -103,10 +132,7 @@ def _references(args: argparse.Namespace, config: DualARConfig) -> list[Referenc
         )
     references = []
     for text, path in zip(args.prompt_text, args.prompt_tokens, strict=True):
-        try:
-            codes = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read prompt tokens {path}: {exc}") from exc
+        codes = load_npy(path, "prompt tokens")
         what = f"prompt tokens {path}"
         references.append(Reference.create(text, codes, config.num_codebooks, config.codebook_size, what))
     return references
@@ -126,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.chunk_length < 1:
         raise InputError(f"--chunk-length must be at least 1, got {args.chunk_length}")
     text_segments(args.text, iterative_prompt=args.iterative_prompt, chunk_length=args.chunk_length)
+    check_writable(args.output_dir / "codes_0.npy", "--output-dir")  # before minutes of loading
+    torch_device(args.device)
     checkpoint = resolve_checkpoint(args.checkpoint_path)
     references = _references(args, DualARConfig.from_json(checkpoint / CONFIG_FILE))
 

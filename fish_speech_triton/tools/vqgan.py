@@ -20,6 +20,7 @@ import torch
 from fish_speech_triton.audio import load_audio, save_wav, wav_output
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import NAMED_CONFIGS, CodecConfig, load_codec_config
+from fish_speech_triton.codes_file import read_codes
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.hub import CODEC_FILE
 from fish_speech_triton.tools.cli import run_cli
@@ -78,20 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_codes(path: Path, config: CodecConfig) -> np.ndarray:
     """Read and check a codes .npy: 2-D, one row per group, integers in [0, code_space)."""
-    groups = config.quantizer.n_groups
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read codes file {path}: {exc}") from exc
-    if codes.ndim != 2 or codes.shape[0] != groups or codes.shape[1] == 0:
-        raise InputError(f"codes in {path} must have shape [{groups}, frames>0], got {list(codes.shape)}")
-    if not np.issubdtype(codes.dtype, np.integer):
-        raise InputError(f"codes in {path} must be integers, got dtype {codes.dtype}")
-    if codes.min() < 0 or codes.max() >= config.code_space:
-        raise InputError(
-            f"codes in {path} must be in [0, {config.code_space}), got values in [{codes.min()}, {codes.max()}]"
-        )
-    return codes.astype(np.int64)
+    return read_codes(path, config.quantizer.n_groups, config.code_space).astype(np.int64)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
