@@ -485,3 +485,21 @@ def test_clients_that_hang_up_free_their_lm_slots(gateway, triton_deployment):
     # clients are gone, nothing of them is decoding or queued within a few decode steps.
     wait_for_gauges(triton_deployment, pending=0, active=0, within_s=HANG_UP_DEADLINE_S)
     assert post(gateway, "/v1/tts", {"text": "Still served.", **SHORT}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_413_whether_or_not_its_length_is_declared(triton_deployment):
+    body = json.dumps({"text": TEXT, "references": [{"audio": "A" * (2 * 2**20), "text": "x"}]}).encode()
+    with running_gateway(triton_deployment, max_body_mb=1) as small:
+        declared = httpx.post(
+            small.url + "/v1/tts", content=body, headers={"Content-Type": "application/json"}, timeout=60
+        )
+
+        def chunked():  # no Content-Length: the limit holds while the body streams in
+            yield from (body[i : i + 65536] for i in range(0, len(body), 65536))
+
+        streamed = httpx.post(
+            small.url + "/v1/tts", content=chunked(), headers={"Content-Type": "application/json"}, timeout=60
+        )
+        for response in (declared, streamed):
+            assert "over 1 MB (the gateway's --max-body-mb)" in fish_error(response, 413)
+        assert post(small, "/v1/tts", {"text": TEXT, **SHORT}).status_code == 200  # small bodies pass

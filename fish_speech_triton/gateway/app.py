@@ -205,6 +205,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if settings.references_dir is not None:
             voices = ReferenceStore(settings.references_dir, _voices_are_encoded_by_triton)
         app.state.synthesizer = Synthesizer(backend, voices, settings.max_text_length)
+        app.state.max_body_bytes = settings.max_body_mb * 2**20
         try:
             yield
         finally:

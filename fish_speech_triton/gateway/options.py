@@ -16,6 +16,8 @@ class GatewaySettings:
     triton_url: str = "127.0.0.1:8001"
     api_key: str | None = None
     max_text_length: int = 0  # 0: no limit
+    # Largest request body: a few references of the encoder's 90 s at most, as wav in base64, fit well.
+    max_body_mb: int = 64
     references_dir: Path | None = None  # the Triton server's references/ folder, to list and check voices
 
 
@@ -29,6 +31,12 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-text-length", type=int, default=0, help="refuse longer texts with 400 (0: no limit)"
     )
+    parser.add_argument(
+        "--max-body-mb",
+        type=int,
+        default=GatewaySettings.max_body_mb,
+        help="refuse larger request bodies with 413 before reading them whole (default %(default)s MB)",
+    )
 
 
 def gateway_settings(
@@ -38,5 +46,6 @@ def gateway_settings(
         triton_url=triton_url,
         api_key=args.api_key or None,
         max_text_length=max(0, args.max_text_length),
+        max_body_mb=max(1, args.max_body_mb),
         references_dir=references_dir,
     )

@@ -27,6 +27,27 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+async def _limited_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (a client cannot make the
+    gateway hold an unbounded upload in memory)."""
+
+    def too_large() -> HTTPException:
+        return HTTPException(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the request body is over {limit // 2**20} MB (the gateway's --max-body-mb)",
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_large()
+    return bytes(body)
+
+
 async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[dict, str]:
     """The request body as a dict, and its media type (answers go back in the same format)."""
     media = media_type(request)
@@ -36,7 +57,7 @@ async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[
         raise HTTPException(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {names}, got {media or 'none'!r}"
         )
-    body = await request.body()
+    body = await _limited_body(request, request.app.state.max_body_bytes)
     try:
         payload = json.loads(body) if media == JSON_TYPE else msgpack.unpackb(body, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
