@@ -9,6 +9,7 @@ import wave
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.gateway.app import _first, _pcm_stream
@@ -117,3 +118,14 @@ def test_a_client_leaving_during_a_blocked_write_cancels_the_lm_stream_at_once()
         asyncio.run(main())
     finally:
         gc.enable()
+
+
+def test_a_file_longer_than_the_gateway_decodes_is_refused_from_its_header():
+    """Eleven minutes of compressed silence is a small upload but hundreds of MB of samples."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(8000 * 660, np.int16), 8000, format="FLAC", subtype="PCM_16")
+    assert len(buffer.getvalue()) < 2**20
+    with pytest.raises(
+        InputError, match="references\\[0\\].audio lasts 660 s: the gateway decodes at most 600 s"
+    ):
+        decode_audio(buffer.getvalue(), "references[0].audio")
