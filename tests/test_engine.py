@@ -16,6 +16,7 @@ from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.serving import engine as engine_module
 from fish_speech_triton.serving.engine import (
     CONTEXT_FRAMES,
+    CodeStreamer,
     CollectingSink,
     GenerationRequest,
     SemanticEngine,
@@ -289,3 +290,21 @@ def test_clients_are_asked_about_cancelling_per_poll_interval_not_per_step(engin
     for sink in sinks:
         frames = sink.result().shape[1]
         assert frames > 10 and sink.asked <= 2, (frames, sink.asked)  # at admission and at the first poll
+
+
+def test_the_streamer_sends_every_frame_once_after_its_context_and_holds_only_what_it_needs():
+    sink = CollectingSink()
+    streamer = CodeStreamer(sink, first_chunk_frames=3, chunk_frames=5)
+    frames = [np.full(8, i) for i in range(100)]
+    for frame in frames:
+        streamer.add(frame)
+        assert len(streamer.sent_tail) + len(streamer.unsent) <= CONTEXT_FRAMES + 5  # not all 100 frames
+    streamer.flush()
+    sent = 0
+    for codes, context in sink.chunks:
+        assert codes.dtype == np.int32 and context == min(CONTEXT_FRAMES, sent)
+        np.testing.assert_array_equal(
+            codes, np.stack(frames[sent - context : sent - context + codes.shape[1]], 1)
+        )
+        sent += codes.shape[1] - context
+    assert sent == 100 and [c.shape[1] - k for c, k in sink.chunks][:3] == [3, 5, 5]

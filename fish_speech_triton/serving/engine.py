@@ -77,29 +77,30 @@ class GenerationRequest:
 
 
 class CodeStreamer:
-    """Cuts a growing code sequence into chunks: a short first one, then `chunk_frames` each."""
+    """Cuts a growing code sequence into chunks: a short first one, then `chunk_frames` each, each after up
+    to CONTEXT_FRAMES frames already sent. Holds only those and the frames not sent yet, however long the
+    request runs."""
 
     def __init__(self, sink: Sink, first_chunk_frames: int, chunk_frames: int) -> None:
         self.sink = sink
         self.first_chunk_frames = first_chunk_frames
         self.chunk_frames = chunk_frames
-        self.frames: list[np.ndarray] = []
+        self.sent_tail: list[np.ndarray] = []  # the last CONTEXT_FRAMES frames sent
+        self.unsent: list[np.ndarray] = []
         self.sent = 0
 
     def add(self, codes: np.ndarray) -> None:
-        self.frames.append(codes)
-        threshold = self.first_chunk_frames if self.sent == 0 else self.chunk_frames
-        if len(self.frames) - self.sent >= threshold:
+        self.unsent.append(codes)
+        if len(self.unsent) >= (self.first_chunk_frames if self.sent == 0 else self.chunk_frames):
             self.flush()
 
     def flush(self) -> None:
-        total = len(self.frames)
-        if total == self.sent:
+        if not self.unsent:
             return
-        context = min(CONTEXT_FRAMES, self.sent)
-        chunk = np.stack(self.frames[self.sent - context : total], axis=1).astype(np.int32)
-        self.sink.send(chunk, context)
-        self.sent = total
+        frames = self.sent_tail + self.unsent
+        self.sink.send(np.stack(frames, axis=1).astype(np.int32), len(self.sent_tail))
+        self.sent += len(self.unsent)
+        self.sent_tail, self.unsent = frames[-CONTEXT_FRAMES:], []
 
 
 class _Sequence:
