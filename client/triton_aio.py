@@ -70,7 +70,10 @@ async def stream_async(
     try:
         while True:
             try:
-                result, error = await asyncio.wait_for(anext(responses), silence_s)
+                # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
+                # response does, and the request then runs to its end after its client has gone
+                async with asyncio.timeout(silence_s):
+                    result, error = await anext(responses)
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:

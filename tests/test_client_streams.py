@@ -4,15 +4,18 @@ never a silently short result, and a refusal of the input is told apart from a s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from client.triton_aio import stream_async
 from client.triton_http import http_stream
 from client.triton_stream import (
     RequestRefused,
@@ -151,3 +154,44 @@ def test_a_number_too_large_for_its_input_is_an_error_not_wrapped(argv, message,
     with pytest.raises(SystemExit):
         sampling_args(*argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_cancel_that_meets_a_response_still_cancels_the_request():
+    """The caller leaves in the same loop turn as a response arrives: the request must still be cancelled on
+    the server, not read to its end (asyncio.wait_for on Python 3.11 lost such a cancellation)."""
+
+    class Response:
+        def as_numpy(self, name):
+            return np.zeros((8, 1), np.int32)
+
+        def get_response(self):
+            return SimpleNamespace(parameters={})
+
+    class Call:  # what the aio client's stream_infer returns: responses, and cancel()
+        def __init__(self) -> None:
+            self.next: asyncio.Future = asyncio.get_running_loop().create_future()
+            self.cancelled = False
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            return await self.next
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    async def main() -> None:
+        call = Call()
+        client = SimpleNamespace(stream_infer=lambda requests: call)
+        responses = stream_async(client, "llama_semantic", {"TEXT": "hi"}, ("CODES",))
+        reader = asyncio.ensure_future(anext(responses))
+        for _ in range(5):  # until it waits for the first response
+            await asyncio.sleep(0)
+        call.next.set_result((Response(), None))
+        reader.cancel()  # the same loop turn
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert call.cancelled
+
+    asyncio.run(main())
