@@ -19,7 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from fish_speech_triton.errors import REFUSAL_MARK, FishSpeechError
+from fish_speech_triton.errors import BUSY_MARK, REFUSAL_MARK, FishSpeechError
 from fish_speech_triton.lm.text import utf8_bytes
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -35,6 +35,10 @@ class RequestRefused(ServerError):
     """The model refused the request's input (Triton's INVALID_ARG): the client's to fix, not the server's."""
 
 
+class ServerBusy(ServerError):
+    """The server holds as many waiting requests as it takes (UNAVAILABLE, `busy: `): retry later."""
+
+
 class ServerUnavailable(FishSpeechError):
     """No Triton server answers at the address, or the model is not ready."""
 
@@ -42,12 +46,13 @@ class ServerUnavailable(FishSpeechError):
 def server_error(model: str, message: str, invalid_argument: bool = False) -> ServerError:
     """The error for `model`'s answer `message`; a refusal of the input when the status or the mark says so."""
     refused = invalid_argument or REFUSAL_MARK in message
-    return (RequestRefused if refused else ServerError)(f"{model}: {message}")
+    kind = RequestRefused if refused else ServerBusy if BUSY_MARK in message else ServerError
+    return kind(f"{model}: {message}")
 
 
 def failure(url: str, model: str, status: str, message: str) -> ServerError | ServerUnavailable:
     """The error for a failed call: the server unreachable, or its answer for `model`."""
-    if "UNAVAILABLE" in status:
+    if "UNAVAILABLE" in status and BUSY_MARK not in message:  # busy is UNAVAILABLE too, but it answered
         return ServerUnavailable(f"no Triton server reachable at {url} (gRPC): {message}")
     return server_error(model, message, "INVALID_ARGUMENT" in status)
 

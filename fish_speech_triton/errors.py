@@ -13,6 +13,12 @@ class InputError(FishSpeechError):
     """A request or a command-line input is invalid (bad audio, bad codes, empty text, out-of-range values)."""
 
 
+class ServerBusy(FishSpeechError):
+    """The server holds as many waiting requests as it is configured to: retry later (or elsewhere)."""
+
+
 # How a Triton model's refusal of a request's input begins. It is also sent as INVALID_ARG, but Triton's gRPC
 # stream carries only an error's message: clients tell "your input" from "the server failed" by this mark.
 REFUSAL_MARK = "refused: "
+# How an answer "too busy, retry" begins (sent as UNAVAILABLE; the gRPC stream again carries only the message).
+BUSY_MARK = "busy: "

@@ -19,8 +19,10 @@ from client.triton_aio import stream_async
 from client.triton_http import http_stream
 from client.triton_stream import (
     RequestRefused,
+    ServerBusy,
     ServerError,
     ServerUnavailable,
+    failure,
     infer,
     make_input,
     server_error,
@@ -154,6 +156,15 @@ def test_a_number_too_large_for_its_input_is_an_error_not_wrapped(argv, message,
     with pytest.raises(SystemExit):
         sampling_args(*argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_busy_server_is_told_apart_from_a_failure_and_from_an_unreachable_one():
+    message = "busy: 4 requests already wait for one of 8 KV-cache slots (the model's max_pending_requests)"
+    assert type(server_error("llama_semantic", message)) is ServerBusy
+    busy = failure("127.0.0.1:8001", "llama_semantic", "StatusCode.UNAVAILABLE", message)
+    assert type(busy) is ServerBusy and isinstance(busy, ServerError)  # it answered: not unreachable
+    gone = failure("127.0.0.1:8001", "llama_semantic", "StatusCode.UNAVAILABLE", "failed to connect")
+    assert type(gone) is ServerUnavailable
 
 
 def test_a_cancel_that_meets_a_response_still_cancels_the_request():

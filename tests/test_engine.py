@@ -10,7 +10,7 @@ import pytest
 import torch
 from lm_support import assert_engine_matches_faithful_loop, faithful_codes
 
-from fish_speech_triton.errors import InputError
+from fish_speech_triton.errors import InputError, ServerBusy
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference
 from fish_speech_triton.serving import engine as engine_module
@@ -308,3 +308,23 @@ def test_the_streamer_sends_every_frame_once_after_its_context_and_holds_only_wh
         )
         sent += codes.shape[1] - context
     assert sent == 100 and [c.shape[1] - k for c, k in sink.chunks][:3] == [3, 5, 5]
+
+
+def test_a_request_past_max_pending_is_refused_as_busy(lm_small, lm_single_thread):
+    model, tokenizer = lm_small
+    engine = SemanticEngine(model, tokenizer, num_slots=1, max_pending=1)
+    try:
+        long = SamplingParams(top_p=1e-6, repetition_penalty=1.3, max_new_tokens=500)
+        decoding, waiting = QueuedSink(), CollectingSink()
+        engine.submit(GenerationRequest(text=TEXTS[0], params=long, seed=1), decoding)
+        deadline = time.monotonic() + 30
+        while engine.active_count < 1:
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.01)
+        engine.submit(GenerationRequest(text=TEXTS[1], params=GREEDY, seed=1), waiting)
+        with pytest.raises(ServerBusy, match="1 requests already wait for one of 1 KV-cache slots"):
+            engine.submit(GenerationRequest(text=TEXTS[2], params=GREEDY, seed=1), CollectingSink())
+        decoding.gave_up.set()  # the client leaves: its slot goes to the waiting request, which completes
+        assert waiting.result().shape[1] > 0
+    finally:
+        engine.stop()

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from gateway_support import running_gateway
 from triton_fixtures import KV_SLOTS, STORED_VOICE, wait_for_gauges
 
-from client.triton_stream import ServerError, collect, infer
+from client.triton_stream import ServerError, collect, infer, server_error
 from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.triton_server import free_port
 
@@ -483,7 +483,7 @@ def test_clients_that_hang_up_free_their_lm_slots(gateway, triton_deployment):
             post(gateway, "/v1/tts", long, timeout=0.5)
     # Left alone, these requests would keep the server's slots busy for many seconds more: once their
     # clients are gone, nothing of them is decoding or queued within a few decode steps.
-    wait_for_gauges(triton_deployment, pending=0, active=0, within_s=HANG_UP_DEADLINE_S)
+    wait_for_gauges(triton_deployment.server, pending=0, active=0, within_s=HANG_UP_DEADLINE_S)
     assert post(gateway, "/v1/tts", {"text": "Still served.", **SHORT}).status_code == 200
 
 
@@ -503,3 +503,17 @@ def test_a_body_over_the_limit_is_413_whether_or_not_its_length_is_declared(trit
         for response in (declared, streamed):
             assert "over 1 MB (the gateway's --max-body-mb)" in fish_error(response, 413)
         assert post(small, "/v1/tts", {"text": TEXT, **SHORT}).status_code == 200  # small bodies pass
+
+
+def test_a_busy_triton_is_503_with_retry_after_streaming_or_not(triton_deployment):
+    with running_gateway(triton_deployment) as busy:
+
+        async def queue_full(inputs):
+            raise server_error("llama_semantic", "busy: 4 requests already wait for one of 4 KV-cache slots")
+            yield  # an async generator, as the real one
+
+        busy.server.config.app.state.synthesizer.chunks = queue_full
+        for streaming in (False, True):
+            response = post(busy, "/v1/tts", {"text": TEXT, **SHORT, "streaming": streaming})
+            assert "busy: 4 requests already wait" in fish_error(response, 503)
+            assert response.headers["retry-after"] == "1"

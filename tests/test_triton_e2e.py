@@ -17,7 +17,6 @@ import pytest
 import soundfile as sf
 import torch
 import tritonclient.grpc as grpcclient
-from lm_support import faithful_codes
 from triton_fixtures import (
     FIRST_CHUNK_FRAMES,
     GREEDY,
@@ -34,13 +33,8 @@ from fish_speech_triton.audio import save_wav, synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.lm.checkpoint import load_lm
-from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference
 
-# A greedy request that never samples <|im_end|> from the small random model (checked by `long_inputs`):
-# LONG_FRAMES frames take the server seconds (about 7 ms a frame alone on a 2-core CPU).
-LONG_TEXT = "Go on for a long time."
-LONG_FRAMES = 400
 # How soon a cancelled request's slot must be free: a few decode steps, far below the ~3 s the request
 # would still decode for.
 CANCEL_DEADLINE_S = 1.0
@@ -60,22 +54,6 @@ def codec(triton_deployment):
 @pytest.fixture(scope="module")
 def lm(triton_deployment):
     return load_lm(triton_deployment.checkpoint.lm_dir)
-
-
-@pytest.fixture(scope="module")
-def long_inputs(lm) -> dict[str, object]:
-    """Inputs of a request that runs to its frame limit unless cancelled (checked offline: ~3 s)."""
-    params = SamplingParams(
-        top_p=GREEDY["TOP_P"], repetition_penalty=GREEDY["REPETITION_PENALTY"], max_new_tokens=LONG_FRAMES
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads crawl on a busy 2-core machine
-    try:
-        frames = faithful_codes(lm, LONG_TEXT, params, seed=1).shape[1]
-    finally:
-        torch.set_num_threads(threads)
-    assert frames == LONG_FRAMES, f"it stops by itself after {frames} frames"
-    return greedy_inputs(LONG_TEXT, MAX_NEW_TOKENS=np.array([LONG_FRAMES], np.int32))
 
 
 def encoder_runs(client) -> int:
@@ -284,7 +262,7 @@ def test_cancelled_stream_frees_its_slot(client, triton_deployment, long_inputs)
         next(gen)
         gen.close()  # cancels the request on the server
     # each request would decode for seconds more: cancelled, its slot is free within a few steps
-    wait_for_gauges(triton_deployment, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
+    wait_for_gauges(triton_deployment.server, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
     codes, _ = semantic_codes(client, greedy_inputs("Still served."))
     assert codes.shape[1] > 0
 
@@ -366,18 +344,20 @@ def test_engine_load_is_exported_as_prometheus_gauges(triton_deployment, long_in
     streams = [stream(own, "llama_semantic", long_inputs, ("CODES",)) for own in clients[:KV_SLOTS]]
     queued = clients[-1]
     try:
-        wait_for_gauges(triton_deployment, pending=0, active=0, within_s=30)  # nothing left from other tests
+        wait_for_gauges(
+            triton_deployment.server, pending=0, active=0, within_s=30
+        )  # nothing left from other tests
         for gen in streams:  # every KV-cache slot decodes a long request
             next(gen)
-        wait_for_gauges(triton_deployment, pending=0, active=KV_SLOTS, within_s=5)
+        wait_for_gauges(triton_deployment.server, pending=0, active=KV_SLOTS, within_s=5)
         queued.start_stream(callback=lambda result, error: None)  # one more: it waits for a slot
         tensors = [make_input(name, value) for name, value in long_inputs.items()]
         queued.async_stream_infer("llama_semantic", tensors, enable_empty_final_response=True)
-        wait_for_gauges(triton_deployment, pending=1, active=KV_SLOTS, within_s=5)
+        wait_for_gauges(triton_deployment.server, pending=1, active=KV_SLOTS, within_s=5)
     finally:
         for gen in streams:
             gen.close()
         queued.stop_stream(cancel_requests=True)
-    wait_for_gauges(triton_deployment, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
+    wait_for_gauges(triton_deployment.server, pending=0, active=0, within_s=CANCEL_DEADLINE_S)
     for own in clients:
         own.close()

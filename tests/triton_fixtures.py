@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from lm_support import faithful_codes
 
 from client.triton_stream import collect
 from export.build_repository import RepositoryOptions, build_repository
 from fish_speech_triton.audio import save_wav, synthetic_speech
+from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint, write_random_checkpoint
 from fish_speech_triton.triton_server import TritonServer
@@ -27,6 +29,10 @@ FIRST_CHUNK_FRAMES = 4
 STREAM_CHUNK_FRAMES = 8
 STORED_VOICE = "alice"
 STORED_VOICE_TEXT = "This is how Alice sounds."
+# A greedy request that never samples <|im_end|> from the small random model (checked by `long_inputs`):
+# LONG_FRAMES frames take the server seconds (about 7 ms a frame alone on a 2-core CPU).
+LONG_TEXT = "Go on for a long time."
+LONG_FRAMES = 400
 
 
 @dataclass
@@ -119,9 +125,9 @@ def semantic_codes(client, inputs) -> tuple[np.ndarray, list[tuple[int, int]]]:
     return np.concatenate(parts, axis=1), layout
 
 
-def lm_gauges(deployment) -> tuple[int, int]:
+def lm_gauges(server: TritonServer) -> tuple[int, int]:
     """(pending requests, active sequences) as llama_semantic exports them on Triton's metrics endpoint."""
-    url = f"http://{deployment.server.host}:{deployment.server.metrics_port}/metrics"
+    url = f"http://{server.host}:{server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         metrics = response.read().decode()
     values = []
@@ -133,10 +139,27 @@ def lm_gauges(deployment) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def wait_for_gauges(deployment, pending: int, active: int, within_s: float) -> None:
+def wait_for_gauges(server: TritonServer, pending: int, active: int, within_s: float) -> None:
     deadline = time.monotonic() + within_s
-    while (seen := lm_gauges(deployment)) != (pending, active):
+    while (seen := lm_gauges(server)) != (pending, active):
         assert time.monotonic() < deadline, (
             f"(pending, active) is {seen} after {within_s} s, not {(pending, active)}"
         )
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def long_inputs(triton_checkpoint: RandomCheckpoint) -> dict[str, object]:
+    """Inputs of a request that runs to its frame limit unless cancelled (checked offline: ~3 s)."""
+    params = SamplingParams(
+        top_p=GREEDY["TOP_P"], repetition_penalty=GREEDY["REPETITION_PENALTY"], max_new_tokens=LONG_FRAMES
+    )
+    lm = load_lm(triton_checkpoint.lm_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads crawl on a busy 2-core machine
+    try:
+        frames = faithful_codes(lm, LONG_TEXT, params, seed=1).shape[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert frames == LONG_FRAMES, f"it stops by itself after {frames} frames"
+    return greedy_inputs(LONG_TEXT, MAX_NEW_TOKENS=np.array([LONG_FRAMES], np.int32))

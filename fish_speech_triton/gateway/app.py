@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from client.triton_stream import RequestRefused
+from client.triton_stream import RequestRefused, ServerBusy
 from fish_speech_triton.errors import FishSpeechError, InputError
 from fish_speech_triton.gateway.asgi import AudioStream, BearerAuth, unless_client_leaves
 from fish_speech_triton.gateway.encoding import MEDIA_TYPES, encode_audio, pcm16, wav_header
@@ -186,6 +186,12 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, HTTPStatus.BAD_REQUEST, str(exc))
 
 
+async def _busy(request: Request, exc: Exception) -> Response:
+    """Triton holds as many waiting requests as it takes: 503, and when to try again."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(request.url.path, HTTPStatus.SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "1"})
+
+
 async def _failure(request: Request, exc: Exception) -> Response:
     if isinstance(exc, FishSpeechError):
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
@@ -227,6 +233,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         exception_handlers={
             InputError: _input_error,
             RequestRefused: _refused,
+            ServerBusy: _busy,
             HTTPException: _http_error,
             ClientDisconnect: _client_left,
             FishSpeechError: _failure,  # Triton failed or is unreachable

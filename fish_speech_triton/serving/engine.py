@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fish_speech_triton.errors import InputError
+from fish_speech_triton.errors import InputError, ServerBusy
 from fish_speech_triton.lm.generation import (
     BatchSamplingParams,
     RepetitionWindow,
@@ -151,8 +151,12 @@ class SemanticEngine:
         fast_decode: bool = False,
         compile_decode: bool = False,
         threads: int = 0,
+        max_pending: int = 0,
     ) -> None:
         """`on_load(pending, active)` is called from the scheduler thread whenever either count changes.
+
+        `max_pending`: requests that may wait for a free slot (0: no limit); one more is refused at once
+        with ServerBusy, so that an overloaded server answers "retry" instead of queueing without end.
 
         `threads`: intra-op threads of the scheduler thread, which runs every prefill and decode step
         (0: whatever PyTorch uses when it starts); one when onnxruntime runs every transformer block
@@ -188,6 +192,7 @@ class SemanticEngine:
         self._pending: collections.deque[tuple[GenerationRequest, Sink, list[str]]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._max_pending = max_pending
         self._on_load = on_load
         self._load = (0, 0)
         self._next_cancel_poll = 0.0
@@ -213,6 +218,11 @@ class SemanticEngine:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine is shutting down")
+            if 0 < self._max_pending <= len(self._pending):
+                raise ServerBusy(
+                    f"{len(self._pending)} requests already wait for one of {self.num_slots} KV-cache slots "
+                    "(the model's max_pending_requests); retry later"
+                )
             self._pending.append((request, sink, segments))
             self._cond.notify()
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from fish_speech_triton.errors import REFUSAL_MARK, InputError
+from fish_speech_triton.errors import BUSY_MARK, REFUSAL_MARK, InputError, ServerBusy
 from fish_speech_triton.serving.model_parameters import ModelParameters
 
 T = TypeVar("T")
@@ -74,6 +74,8 @@ def error(exc: BaseException) -> Any:
     """A Triton error carrying the exception's message (the full type only for unexpected failures)."""
     if isinstance(exc, InputError):  # the client's fault: INVALID_ARG (HTTP 400 on Triton's HTTP endpoint)
         return pb_utils.TritonError(REFUSAL_MARK + str(exc), pb_utils.TritonError.INVALID_ARG)
+    if isinstance(exc, ServerBusy):  # nobody's fault: UNAVAILABLE (503), retry later
+        return pb_utils.TritonError(BUSY_MARK + str(exc), pb_utils.TritonError.UNAVAILABLE)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
 
 

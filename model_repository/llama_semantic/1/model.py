@@ -73,6 +73,7 @@ class TritonPythonModel:
             "stream_chunk_frames": params.integer("stream_chunk_frames", 32, **chunk),
             "prefix_cache_size": params.integer("prefix_cache_size", 16),
             "fast_decode": params.flag("fast_decode", False),
+            "max_pending": params.integer("max_pending_requests", 0),
         }
         levers.check_serving(device, engine_options["fast_decode"])
         self.max_text_bytes = params.integer("max_text_bytes", DEFAULT_MAX_TEXT_BYTES, minimum=1)
