@@ -77,7 +77,8 @@ def test_json_bytes_are_base64_and_every_problem_is_named():
         assert part in message
 
 
-def test_a_client_leaving_during_a_blocked_write_cancels_the_lm_stream_at_once():
+@pytest.mark.parametrize("blocked_write", [1, 3], ids=["before-the-body", "mid-body"])
+def test_a_client_leaving_during_a_blocked_write_cancels_the_lm_stream_at_once(blocked_write: int):
     """The client stops reading (its socket fills, a write blocks), then hangs up: the LM stream must be
     closed when the response ends, not whenever a garbage collection reaches the abandoned generators."""
     closed = []
@@ -97,13 +98,13 @@ def test_a_client_leaving_during_a_blocked_write_cancels_the_lm_stream_at_once()
     async def main() -> None:
         rest = Synthesizer(Backend(), None).chunks({})
         first = await _first(rest)
-        response = AudioStream(_pcm_stream(b"header", first, rest), media_type="audio/wav")
+        response = AudioStream(_pcm_stream(b"header", first, rest), rest, media_type="audio/wav")
         writes, never = 0, asyncio.Event()
 
         async def send(message) -> None:
             nonlocal writes
             writes += 1
-            if writes >= 3:  # the client's buffer is full: this write never completes
+            if writes >= blocked_write:  # the client's buffer is full: this write never completes
                 await never.wait()
 
         async def receive():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 
@@ -59,13 +59,12 @@ def _attachment(audio_format: str) -> dict[str, str]:
     return {"Content-Disposition": f"attachment; filename=audio.{audio_format}"}
 
 
-async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncGenerator[np.ndarray, None]):
-    async with aclosing(rest):  # closing the body closes the LM stream too
-        yield header
-        if first is not None:
-            yield pcm16(first).tobytes()
-            async for chunk in rest:
-                yield pcm16(chunk).tobytes()
+async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncIterator[np.ndarray]):
+    yield header  # the response closes `rest` (its source) when it ends
+    if first is not None:
+        yield pcm16(first).tobytes()
+        async for chunk in rest:
+            yield pcm16(chunk).tobytes()
 
 
 async def _first(chunks: AsyncIterator[np.ndarray]) -> np.ndarray | None:
@@ -88,6 +87,7 @@ async def _speak(request: Request, tts_request: TTSRequest) -> Response:
         header = wav_header() if audio_format == "wav" else b""
         return AudioStream(
             _pcm_stream(header, first, chunks),
+            chunks,
             media_type=MEDIA_TYPES[audio_format],
             headers=_attachment(audio_format),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -50,7 +50,15 @@ class BearerAuth:
 class AudioStream(StreamingResponse):
     """A streamed answer that stops generating as soon as the client goes away, even while waiting for the
     next chunk (the stock response notices only at its next write): the Triton request is cancelled and its
-    KV-cache slot freed at once."""
+    KV-cache slot freed at once.
+
+    `source`: the generator the body reads from, closed with the body. A body that never started (the
+    client left before its first byte) does not close what it would have read.
+    """
+
+    def __init__(self, content: AsyncGenerator[bytes, None], source: AsyncGenerator, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -68,6 +76,7 @@ class AudioStream(StreamingResponse):
             # A client that leaves while a write is blocked cancels the write, not the body: close the body
             # now (and the LM stream inside it), not whenever a garbage collection reaches it.
             await self.body_iterator.aclose()
+            await self.source.aclose()
 
 
 async def _disconnected(request: Request) -> None:
