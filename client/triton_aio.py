@@ -53,9 +53,8 @@ async def stream_async(
     silently short result.
     """
     done = asyncio.Event()
-    tensors = [
-        make_input(name, value) for name, value in inputs.items()
-    ]  # bad values fail here, not mid-call
+    # bad values fail here, not mid-call
+    tensors = [make_input(name, value) for name, value in inputs.items()]
 
     async def requests():  # the request stream stays open until the last response has arrived
         yield {

@@ -16,10 +16,13 @@ BUILDER_PATHS = ("export", "model_repository", "fish_speech_triton/codec", "fish
 def tree_digest(root: Path) -> str:
     """SHA-256 over every file under `root` (relative path and contents), caches left out; `root` may be a file."""
     digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if root.is_file():
+        base, files = root.parent, [root]
+    else:
+        base, files = root, sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:
         if "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(root.parent if root.is_file() else root)).encode())
+            digest.update(str(path.relative_to(base)).encode())
             digest.update(b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -12,6 +12,7 @@ import numpy as np
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.prompt import Reference, validate_codes
+from fish_speech_triton.lm.text import utf8_len
 from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.serving.engine import GenerationRequest
 from fish_speech_triton.serving.references import ReferenceStore
@@ -57,7 +58,7 @@ def build_request(
     defaults = defaults or SamplingParams()
     if inputs.text is None or not inputs.text.strip():
         raise InputError("TEXT is empty")
-    if (size := len(inputs.text.encode("utf-8"))) > max_text_bytes:
+    if (size := utf8_len(inputs.text)) > max_text_bytes:
         raise InputError(
             f"TEXT is {size} bytes: at most {max_text_bytes} (the model's max_text_bytes); send it in parts"
         )
