@@ -5,6 +5,7 @@ Also a synthetic speech-like signal for tests and benchmarks (no audio files shi
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -43,6 +44,37 @@ def load_audio(path: str | Path, target_sr: int = CODEC_SAMPLE_RATE) -> np.ndarr
     if not np.isfinite(data).all():  # a float file can hold NaN or infinity; the codec would give wrong codes
         raise InputError(f"audio file {path} holds samples that are not finite numbers (NaN or infinity)")
     return resample(data.mean(axis=1), sr, target_sr)
+
+
+# Longest audio file decoded from bytes (an uploaded or a stored reference);
+# 10 minutes of float32 samples are ~100 MB a channel.
+MAX_DECODE_SECONDS = 600
+
+
+def decode_audio(data: bytes, what: str = "audio") -> tuple[np.ndarray, int]:
+    """A whole audio file (wav, flac, mp3, ogg...) -> mono float32 samples and their rate.
+
+    At most MAX_DECODE_SECONDS, checked from the file's header before decoding: a few MB of compressed
+    silence could otherwise unpack into gigabytes of samples.
+    """
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as file:
+            seconds = file.frames / file.samplerate
+            if seconds > MAX_DECODE_SECONDS:
+                raise InputError(
+                    f"{what} lasts {seconds:.0f} s: at most {MAX_DECODE_SECONDS} s of audio are decoded "
+                    "(and vqgan_encoder takes at most its max_reference_seconds, 90 s by default)"
+                )
+            audio = file.read(dtype="float32", always_2d=True)
+            rate = file.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)
+        raise InputError(
+            f"{what} is not an audio file that can be read (wav, flac, mp3, ogg): {reason}"
+        ) from exc
+    if audio.size == 0:
+        raise InputError(f"{what} holds no samples")
+    return audio.mean(axis=1), int(rate)
 
 
 def wav_output(path: Path, option: str = "--output") -> Path:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from fish_speech_triton.audio import decode_audio
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.gateway.app import _first, _pcm_stream
 from fish_speech_triton.gateway.asgi import AudioStream
-from fish_speech_triton.gateway.encoding import decode_audio, encode_audio, pcm16, wav_header
+from fish_speech_triton.gateway.encoding import encode_audio, pcm16, wav_header
 from fish_speech_triton.gateway.schemas import SpeechRequest, TTSRequest, parse
 from fish_speech_triton.gateway.synthesis import Synthesizer
 
@@ -127,6 +128,6 @@ def test_a_file_longer_than_the_gateway_decodes_is_refused_from_its_header():
     sf.write(buffer, np.zeros(8000 * 660, np.int16), 8000, format="FLAC", subtype="PCM_16")
     assert len(buffer.getvalue()) < 2**20
     with pytest.raises(
-        InputError, match="references\\[0\\].audio lasts 660 s: the gateway decodes at most 600 s"
+        InputError, match="references\\[0\\].audio lasts 660 s: at most 600 s of audio are decoded"
     ):
         decode_audio(buffer.getvalue(), "references[0].audio")

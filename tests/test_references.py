@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import tritonclient.grpc as grpcclient
 
 from client.triton_stream import RequestRefused, collect
@@ -106,6 +107,21 @@ def test_a_stored_sample_the_encoder_refuses_is_named(tmp_path):
     sample(tmp_path / "eve", "e.wav", 0.1)
     with pytest.raises(InputError, match="stored reference eve/e.wav: AUDIO is too short"):
         ReferenceStore(tmp_path, refusing).load("eve")
+
+
+def test_a_stored_sample_is_bounded_from_its_header_and_an_unreadable_one_named(tmp_path):
+    encoder = CountingEncoder()
+    (tmp_path / "long").mkdir()
+    with sf.SoundFile(tmp_path / "long" / "l.flac", "w", 8000, 1, format="FLAC") as file:
+        file.write(np.zeros(8000 * 660, np.int16))  # 11 minutes of silence in a few kB
+    (tmp_path / "long" / "l.lab").write_text("Hi.", encoding="utf-8")
+    with pytest.raises(InputError, match="stored reference long/l.flac lasts 660 s: at most 600 s"):
+        ReferenceStore(tmp_path, encoder).load("long")
+    sample(tmp_path / "bad", "b.wav", 0.1)
+    (tmp_path / "bad" / "b.wav").write_bytes(b"RIFF nonsense")
+    with pytest.raises(InputError, match="stored reference bad/b.wav is not an audio file that can be read"):
+        ReferenceStore(tmp_path, encoder).load("bad")
+    assert encoder.calls == 0
 
 
 def test_through_triton_a_refused_stored_sample_is_a_refusal_naming_it(triton_deployment):

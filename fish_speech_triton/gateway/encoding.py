@@ -66,33 +66,3 @@ def encode_audio(audio: np.ndarray, audio_format: str, sample_rate: int = CODEC_
     else:
         raise InputError(f"unsupported audio format {audio_format!r}: use wav, pcm, mp3 or flac")
     return buffer.getvalue()
-
-
-# Longest audio file the gateway decodes (a reference); 10 minutes of float32 samples are ~100 MB a channel.
-MAX_DECODE_SECONDS = 600
-
-
-def decode_audio(data: bytes, what: str = "audio") -> tuple[np.ndarray, int]:
-    """A whole audio file (wav, flac, mp3, ogg...) -> mono float32 samples and their rate.
-
-    At most MAX_DECODE_SECONDS, checked from the file's header before decoding: a few MB of compressed
-    silence could otherwise unpack into gigabytes of samples.
-    """
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as file:
-            seconds = file.frames / file.samplerate
-            if seconds > MAX_DECODE_SECONDS:
-                raise InputError(
-                    f"{what} lasts {seconds:.0f} s: the gateway decodes at most {MAX_DECODE_SECONDS} s "
-                    "(and vqgan_encoder takes at most its max_reference_seconds, 90 s by default)"
-                )
-            audio = file.read(dtype="float32", always_2d=True)
-            rate = file.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = getattr(exc, "error_string", None) or str(exc)
-        raise InputError(
-            f"{what} is not an audio file that can be read (wav, flac, mp3, ogg): {reason}"
-        ) from exc
-    if audio.size == 0:
-        raise InputError(f"{what} holds no samples")
-    return audio.mean(axis=1), int(rate)

@@ -25,8 +25,8 @@ from collections.abc import AsyncGenerator
 import numpy as np
 
 from client.tts import sampling_inputs
+from fish_speech_triton.audio import decode_audio
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.gateway.encoding import decode_audio
 from fish_speech_triton.gateway.schemas import ReferenceAudio, TTSRequest
 from fish_speech_triton.gateway.triton import TritonBackend
 from fish_speech_triton.serving.references import ReferenceStore, validate_reference_id

@@ -10,7 +10,6 @@ memory, so a read-only folder works (its codes are then computed once per proces
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from fish_speech_triton.audio import decode_audio
 from fish_speech_triton.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -155,16 +154,12 @@ class ReferenceStore:
         digest = audio_digest(data)
         codes = cached_codes(audio_path, digest)
         if codes is None:
+            name = f"stored reference {audio_path.parent.name}/{audio_path.name}"
+            audio, rate = decode_audio(data, name)
             try:
-                audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-            except Exception as exc:
-                raise InputError(f"cannot read reference audio {audio_path.name}: {exc}") from exc
-            try:
-                codes = np.asarray(self.encode(audio.mean(axis=1), int(rate)), dtype=np.int32)
+                codes = np.asarray(self.encode(audio, rate), dtype=np.int32)
             except InputError as exc:  # too long, too short, silent...: say which stored file it is
-                raise InputError(
-                    f"stored reference {audio_path.parent.name}/{audio_path.name}: {exc}"
-                ) from exc
+                raise InputError(f"{name}: {exc}") from exc
             try:
                 _save_atomic(codes_file(audio_path), codes, digest)
             except OSError as exc:  # a read-only folder: the codes stay in memory only
