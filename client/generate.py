@@ -18,7 +18,7 @@ import numpy as np
 from client.triton_stream import StreamResult, add_url_argument, collect, connect
 from client.tts import add_sampling_arguments, sampling_inputs
 from fish_speech_triton.audio import CODEC_SAMPLE_RATE
-from fish_speech_triton.codes_file import read_codes, write_codes
+from fish_speech_triton.codes_file import check_codes_path, read_codes, write_codes
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.tools.cli import run_cli
 
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.text.strip():
         raise InputError("--text is empty")
+    check_codes_path(args.output_dir / OUTPUT_NAME, "--output-dir")
 
     inputs = {"TEXT": args.text, **prompt_inputs(args), **sampling_inputs(args)}
     client = connect(args.url, "llama_semantic")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fish_speech_triton.audio import check_writable
 from fish_speech_triton.errors import InputError
 
 NUM_CODEBOOKS = 8
@@ -51,10 +52,12 @@ def read_codes(
     return codes.astype(np.int32)
 
 
-def check_codes_path(path: Path) -> Path:
-    """Refuse an output name that the offline tools would not read as codes (checked before any work)."""
+def check_codes_path(path: Path, option: str = "--output") -> Path:
+    """Refuse, before any work, an output that the offline tools would not read as codes or that cannot be
+    written there."""
     if path.suffix.lower() != ".npy":
         raise InputError(f"codes go to a .npy file, got {path}")
+    check_writable(path, option)
     return path
 
 

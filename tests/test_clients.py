@@ -283,6 +283,8 @@ def test_bad_files_and_arguments_are_one_clear_line_and_exit_2(
         (encode.main, ("-i", str(tmp_path / "missing.wav")), "audio file not found"),
         (encode.main, ("-i", str(noise)), "cannot read audio file"),
         (encode.main, ("-i", str(reference_wav), "-o", str(tmp_path / "codes.txt")), "codes go to a .npy file"),
+        (encode.main, ("-i", str(reference_wav), "-o", str(noise / "codes.npy")), f"--output {noise}/codes.npy: cannot write in {noise}"),
+        (generate.main, ("--text", "hi", "--output-dir", str(noise)), f"--output-dir {noise}/codes_0.npy: cannot write in {noise}"),
         (decode.main, ("-i", str(tmp_path / "missing.npy")), "codes file not found"),
         (decode.main, ("-i", str(garbage)), "is not a .npy array"),
         (decode.main, ("-i", str(shapes)), "must have shape [8, frames>0], got [3, 5]"),

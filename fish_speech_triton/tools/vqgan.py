@@ -20,7 +20,7 @@ import torch
 from fish_speech_triton.audio import load_audio, save_wav, wav_output
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import NAMED_CONFIGS, CodecConfig, load_codec_config
-from fish_speech_triton.codes_file import read_codes
+from fish_speech_triton.codes_file import read_codes, write_codes
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.hub import CODEC_FILE
 from fish_speech_triton.tools.cli import run_cli
@@ -108,9 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             start = time.perf_counter()
             codes, _ = codec.encode(torch.from_numpy(data)[None, None].to(device))
-            codes_path = args.output.with_suffix(".npy")
-            codes_path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(codes_path, codes[0].cpu().numpy().astype(np.int32))
+            codes_path = write_codes(args.output.with_suffix(".npy"), codes[0].cpu().numpy())
             _progress(
                 f"encoded {codes.shape[-1]} frames in {time.perf_counter() - start:.1f} s -> {codes_path}"
             )
