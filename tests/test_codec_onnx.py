@@ -278,3 +278,20 @@ def test_a_gpu_codec_device_without_a_gpu_onnxruntime_is_refused(codec_small_onn
         pytest.skip("this onnxruntime has the CUDA provider")
     with pytest.raises(FishSpeechError, match="needs onnxruntime's CUDAExecutionProvider.*onnxruntime-gpu"):
         OnnxDecoder(codec_small_onnx / DECODER_FILE, device="cuda:0")
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "tensorrt"])
+def test_a_gpu_provider_that_cannot_load_is_refused_not_left_to_fall_back(
+    codec_small_onnx: Path, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU onnxruntime whose provider fails to load (say, a missing cuDNN) falls back to the CPU with only
+    a warning; here a CPU onnxruntime that claims the GPU providers stands in for it."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    claimed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: claimed)
+    wanted = "TensorrtExecutionProvider" if device == "tensorrt" else "CUDAExecutionProvider"
+    with pytest.raises(FishSpeechError, match=f"could not load its {wanted} .*run on CPUExecutionProvider"):
+        OnnxDecoder(codec_small_onnx / DECODER_FILE, device=device)

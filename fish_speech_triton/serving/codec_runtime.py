@@ -88,7 +88,18 @@ def open_session(path: str | Path, device: str = "cpu", threads: int = 0):  # ->
         # The codec shares the CPU cores with the LM: idle threads that spin between ops steal them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = _providers(device, ort.get_available_providers())
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if wanted not in session.get_providers():
+        # A provider that onnxruntime has but cannot load (a missing or mismatched CUDA, cuDNN or TensorRT
+        # library) only logs a warning, and the session runs on the next one: the codec would be quietly
+        # slow instead of refused.
+        raise InputError(
+            f"codec device {device!r}: onnxruntime could not load its {wanted} (the session would run on "
+            f"{', '.join(session.get_providers())}); see onnxruntime's warning above for the library it "
+            "lacks, or build for the cpu device"
+        )
+    return session
 
 
 class OnnxEncoder:
