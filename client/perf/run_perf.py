@@ -95,14 +95,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
-        prog="python -m client.perf.run_perf", description=__doc__.split("\n\n")[0]
+        prog="python -m client.perf.run_perf",
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after -- go to perf_analyzer as they are.",
     )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC address (default {DEFAULT_URL})")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models to measure")
-    parser.add_argument("--concurrency-range", default="1:4", help="START:END[:STEP] concurrent requests")
-    parser.add_argument("--measurement-interval", type=int, default=5000, help="window per measurement, ms")
-    parser.add_argument("--input-dir", type=Path, default=HERE, help="where <model>.json input files are")
-    parser.add_argument("--output-dir", type=Path, default=Path("build") / "perf", help="CSV reports go here")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated models to measure (default %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency-range",
+        default="1:4",
+        help="START:END[:STEP] concurrent requests (default %(default)s)",
+    )
+    parser.add_argument(
+        "--measurement-interval",
+        type=int,
+        default=5000,
+        help="window per measurement, ms (default %(default)s)",
+    )
+    parser.add_argument(
+        "--input-dir",
+        type=Path,
+        default=HERE,
+        help="where <model>.json input files are (default: this package's folder)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("build") / "perf",
+        help="CSV reports go here (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
