@@ -23,15 +23,23 @@ from pathlib import Path
 
 from google.protobuf import text_encoding
 
+from export.codec_onnx import DEFAULT_OPSET, OPSETS
+from fish_speech_triton.codec.checkpoint import load_codec
+from fish_speech_triton.codec.config import load_codec_config
+from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hardware import default_lm_precision
-from fish_speech_triton.hub import resolve_checkpoint, resolve_codec_checkpoint
+from fish_speech_triton.hub import LM_FILES, resolve_checkpoint, resolve_codec_checkpoint
 from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
 from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.tools.cli import run_cli
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("vqgan_encoder", "llama_semantic", "vqgan_decoder", "ensemble")
+# What a build leaves in its folder (and `fish_speech_triton.serve` its stamp): a folder holding only these
+# is a former build, which a new one replaces; any other file means the folder is not the builder's.
+BUILD_INFO = "build_info.json"
+BUILT_ENTRIES = frozenset((*MODELS, BUILD_INFO))
 
 
 CODEC_PRECISIONS = ("fp32", "int8")
@@ -68,7 +76,7 @@ class RepositoryOptions:
     fast_transformer_runtime: str = "torch"
     slow_transformer_runtime: str = "torch"
     codec_precision: str = "fp32"
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -169,7 +177,13 @@ def write_configs(opts: RepositoryOptions) -> None:
         )
 
 
-def export_codec(opts: RepositoryOptions) -> None:
+def load_codec_checkpoint(opts: RepositoryOptions) -> FireflyCodec:
+    """The codec, loaded first: a wrong codec file or config is reported before the LM's minutes of loading."""
+    config = load_codec_config(opts.decoder_config_name, opts.decoder_config)
+    return load_codec(opts.decoder_checkpoint, config)
+
+
+def export_codec(opts: RepositoryOptions, codec: FireflyCodec) -> None:
     import torch
 
     from export.codec_onnx import (
@@ -180,11 +194,7 @@ def export_codec(opts: RepositoryOptions) -> None:
         export_int8_decoder,
         verify_parity,
     )
-    from fish_speech_triton.codec.checkpoint import load_codec
-    from fish_speech_triton.codec.config import load_codec_config
 
-    config = load_codec_config(opts.decoder_config_name, opts.decoder_config)
-    codec = load_codec(opts.decoder_checkpoint, config)
     encoder_path = opts.output_dir / "vqgan_encoder" / "1" / ENCODER_FILE
     decoder_dir = opts.output_dir / "vqgan_decoder" / "1"
     print(f"[build] exporting the codec encoder to {encoder_path}", file=sys.stderr)
@@ -212,31 +222,89 @@ def verify_lm(opts: RepositoryOptions) -> None:
         levers.apply(model, tokenizer)
 
 
+def _ours(folder: Path) -> bool:
+    """Whether `folder` is missing, empty or holds only what a build writes: the builder replaces it."""
+    return not folder.exists() or (
+        folder.is_dir() and all(entry.name in BUILT_ENTRIES for entry in folder.iterdir())
+    )
+
+
+def _output_dir(opts: RepositoryOptions) -> Path:
+    """The folder the build replaces (a symlink's target), refused unless it is a former build or empty:
+    anything else in it would be deleted."""
+    final = opts.output_dir.resolve()
+    if not final.name:
+        raise FishSpeechError(f"--output-dir {opts.output_dir} is the root folder")
+    if TEMPLATE_DIR.is_relative_to(final) or final.is_relative_to(TEMPLATE_DIR):
+        raise FishSpeechError(
+            f"--output-dir {opts.output_dir} would overwrite the repository templates in {TEMPLATE_DIR}"
+        )
+    if Path.cwd().is_relative_to(final):
+        raise FishSpeechError(f"--output-dir {opts.output_dir} holds the current folder")
+    if final.exists() and not final.is_dir():
+        raise FishSpeechError(f"--output-dir {opts.output_dir} is a file, not a folder")
+    if not _ours(final):
+        others = sorted(e.name for e in final.iterdir() if e.name not in BUILT_ENTRIES)
+        raise FishSpeechError(
+            f"--output-dir {opts.output_dir} holds files a build did not write ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}); the build replaces the whole folder: give an empty or "
+            "new one"
+        )
+    references = default_references_dir(opts).resolve()
+    if references.is_relative_to(final):
+        raise FishSpeechError(
+            f"--references-dir {references} is inside the repository: each build replaces that folder, "
+            "and tritonserver takes every folder in a repository for a model; keep it beside the repository"
+        )
+    return final
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything in a former build, so that nothing of it survives into the next one (a folder
+    holding anything else is refused, never deleted)."""
+    if not folder.exists():
+        return
+    if not _ours(folder):
+        raise FishSpeechError(f"{folder} holds files a build did not write: move it away first")
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def build_repository(opts: RepositoryOptions) -> Path:
     """Build the repository in `<output_dir>.partial` beside it, then put it in place of the old one: an
     interrupted or failed build never leaves a repository that looks complete (a mounted volume, which
-    cannot be renamed, is built in place). The LM is checked first, before minutes of codec export."""
-    final = opts.output_dir
+    cannot be renamed, is emptied and built in place). The codec and then the LM are checked first,
+    before minutes of export."""
+    final = _output_dir(opts)
+    codec = load_codec_checkpoint(opts)
     if opts.verify:
         verify_lm(opts)
+    else:
+        missing = [name for name in LM_FILES if not (opts.llama_checkpoint / name).is_file()]
+        if missing:
+            raise FishSpeechError(f"LM checkpoint {opts.llama_checkpoint} lacks {', '.join(missing)}")
     in_place = os.path.ismount(final)
     staged = replace(
         opts,
         output_dir=final if in_place else final.with_name(final.name + ".partial"),
         references_dir=default_references_dir(opts),
     )
-    if not in_place:
-        shutil.rmtree(staged.output_dir, ignore_errors=True)
+    _empty(staged.output_dir)  # in place, serve's stamp goes too: a half build never looks current
     staged.output_dir.mkdir(parents=True, exist_ok=True)
     write_configs(staged)
-    export_codec(staged)
+    export_codec(staged, codec)
     if not in_place:
         old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        _empty(old)
         if final.exists():
             final.rename(old)
         staged.output_dir.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        _empty(old)
+        if old.exists():
+            old.rmdir()
     print(f"[build] model repository ready: {final}", file=sys.stderr)
     return final
 
@@ -357,10 +425,12 @@ def options_from_args(args: argparse.Namespace, output_dir: Path) -> RepositoryO
         slow_transformer_runtime=levers.slow_transformer_runtime,
         codec_precision=args.codec_precision,
     )
-    return replace(
+    return replace(  # absolute paths: the same options from another folder mean the same files
         opts,
-        llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path),
-        decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path),
+        llama_checkpoint=resolve_checkpoint(args.llama_checkpoint_path).absolute(),
+        decoder_checkpoint=resolve_codec_checkpoint(args.decoder_checkpoint_path).absolute(),
+        decoder_config=args.decoder_config.absolute() if args.decoder_config else None,
+        references_dir=args.references_dir.absolute() if args.references_dir else None,
     )
 
 
@@ -371,7 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the repository")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset of the codec graphs")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        choices=OPSETS,
+        metavar="OPSET",
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset of the codec graphs, {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX parity and LM load checks")
     return parser
 

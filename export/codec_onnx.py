@@ -37,6 +37,8 @@ from fish_speech_triton.serving.codec_runtime import CONTEXT_FRAMES, decode_in_w
 from fish_speech_triton.tools.cli import run_cli
 
 DEFAULT_OPSET = 17
+# Opsets the graphs export at: `aten::unflatten` needs 13; the TorchScript exporter stops at 20.
+OPSETS = range(13, 21)
 ENCODER_FILE = "vqgan_encoder.onnx"
 DECODER_FILE = "vqgan_decoder.onnx"
 INT8_DECODER_FILE = "vqgan_decoder_int8.onnx"
@@ -255,7 +257,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     config.add_argument("--config", type=Path, help="codec config JSON file instead of a named config")
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the two .onnx files")
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset",
+        type=int,
+        choices=OPSETS,
+        metavar="OPSET",
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})",
     )
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument(

@@ -17,6 +17,13 @@ class ServerBusy(FishSpeechError):
     """The server holds as many waiting requests as it is configured to: retry later (or elsewhere)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its message: some libraries (torch.load) add paragraphs of
+    advice that do not apply to a user of this project."""
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0]}" if lines else exc.__class__.__name__
+
+
 # How a Triton model's refusal of a request's input begins. It is also sent as INVALID_ARG, but Triton's gRPC
 # stream carries only an error's message: clients tell "your input" from "the server failed" by this mark.
 REFUSAL_MARK = "refused: "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import export
 from export.build_repository import (
+    BUILD_INFO,
     RepositoryOptions,
     add_arguments,
     build_repository,
@@ -33,7 +34,6 @@ from fish_speech_triton.tools.cli import run_cli
 from fish_speech_triton.triton_server import TritonServer
 
 DEMO_DIR = Path("checkpoints") / "random-small"
-BUILD_INFO = "build_info.json"
 
 
 def ensure_repository(opts: RepositoryOptions, rebuild: bool = False) -> Path:
@@ -107,7 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_signals()
     api_address = parse_listen(args.api_listen, "--api-listen") if args.api_listen else None
 
-    if args.demo and not (args.llama_checkpoint_path or args.decoder_checkpoint_path):
+    if args.demo and (args.llama_checkpoint_path or args.decoder_checkpoint_path):
+        raise FishSpeechError(
+            "--demo serves a random checkpoint of its own: drop it, or drop the checkpoint paths"
+        )
+    if args.demo:
         from fish_speech_triton.tools.make_random_checkpoint import write_random_checkpoint
 
         print(

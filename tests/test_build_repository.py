@@ -34,6 +34,19 @@ def configs_for(tmp_path: Path, ckpt, *flags: str) -> dict[str, str]:
     return {model: (opts.output_dir / model / "config.pbtxt").read_text() for model in MODELS}
 
 
+def small_options(ckpt, output_dir: Path, **changes) -> RepositoryOptions:
+    """Options for the small random checkpoint, without the verification (the codec export is stubbed)."""
+    return RepositoryOptions(
+        ckpt.lm_dir,
+        ckpt.codec_path,
+        output_dir,
+        decoder_config_name=None,
+        decoder_config=ckpt.codec_config,
+        verify=False,
+        **changes,
+    )
+
+
 def parameter(config: str, key: str) -> str:
     match = re.search(rf'key: "{key}" value: {{ string_value: "([^"]*)" }}', config)
     assert match, key
@@ -75,14 +88,12 @@ def test_gpu_build_defaults_to_bf16_and_the_fast_decode_path(tmp_path, triton_ch
 
 
 def test_an_interrupted_build_leaves_the_previous_repository_whole(tmp_path, triton_checkpoint, monkeypatch):
-    opts = RepositoryOptions(
-        triton_checkpoint.lm_dir, triton_checkpoint.codec_path, tmp_path / "repo", verify=False
-    )
-    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts: None)
+    opts = small_options(triton_checkpoint, tmp_path / "repo")
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
     build_repository_module.build_repository(opts)
     before = (opts.output_dir / "llama_semantic" / "config.pbtxt").read_text()
 
-    def interrupted(opts):
+    def interrupted(opts, codec):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build_repository_module, "export_codec", interrupted)
@@ -175,7 +186,7 @@ def test_int8_codec_build_exports_a_quantized_decoder(tmp_path, triton_checkpoin
     )
     opts = options_from_args(args, args.output_dir)
     write_configs(opts)
-    build_repository_module.export_codec(opts)
+    build_repository_module.export_codec(opts, build_repository_module.load_codec_checkpoint(opts))
     decoder_dir = opts.output_dir / "vqgan_decoder" / "1"
     config = (opts.output_dir / "vqgan_decoder" / "config.pbtxt").read_text()
     assert (
@@ -231,3 +242,84 @@ def test_paths_are_escaped_so_triton_reads_them_back_exactly(tmp_path, triton_ch
     )
     assert config.parameters["checkpoint_dir"].string_value == str((odd / "lm").resolve())
     assert config.parameters["references_dir"].string_value == str((odd / "refs").resolve())
+
+
+def test_only_an_empty_folder_or_a_former_build_is_replaced(tmp_path, triton_checkpoint, monkeypatch):
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
+    mine = tmp_path / "userdata"
+    (mine / "important").mkdir(parents=True)
+    (mine / "important" / "notes.txt").write_text("precious")
+    with pytest.raises(FishSpeechError, match="holds files a build did not write \\(important\\)"):
+        build_repository_module.build_repository(small_options(triton_checkpoint, mine))
+    assert (mine / "important" / "notes.txt").read_text() == "precious"
+    templates = build_repository_module.TEMPLATE_DIR
+    for inside in (templates, templates.parent, templates / "llama_semantic"):
+        with pytest.raises(FishSpeechError, match="would overwrite the repository templates"):
+            build_repository_module.build_repository(small_options(triton_checkpoint, inside))
+    monkeypatch.chdir(mine)
+    with pytest.raises(FishSpeechError, match="holds the current folder"):
+        build_repository_module.build_repository(small_options(triton_checkpoint, Path(".")))
+    with pytest.raises(FishSpeechError, match="is the root folder"):
+        build_repository_module.build_repository(small_options(triton_checkpoint, Path("/")))
+    # a former build, and serve's stamp in it, are replaced whole: nothing of the old one survives
+    repo = tmp_path / "repo"
+    build_repository_module.build_repository(small_options(triton_checkpoint, repo))
+    (repo / "build_info.json").write_text("{}")
+    (repo / "vqgan_decoder" / "1" / "vqgan_decoder_int8.onnx").write_text("stale")
+    build_repository_module.build_repository(small_options(triton_checkpoint, repo, kv_slots=3))
+    assert not (repo / "build_info.json").exists()
+    assert not (repo / "vqgan_decoder" / "1" / "vqgan_decoder_int8.onnx").exists()
+    assert parameter((repo / "llama_semantic" / "config.pbtxt").read_text(), "kv_slots") == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["references", "repo", "userdata"]
+
+
+def test_a_mounted_output_is_emptied_before_it_is_built_in_place(tmp_path, triton_checkpoint, monkeypatch):
+    """A volume cannot be renamed: its build happens in place, and an interrupted one must not look current."""
+    repo = tmp_path / "volume"
+    monkeypatch.setattr(build_repository_module.os.path, "ismount", lambda path: Path(path) == repo)
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
+    build_repository_module.build_repository(small_options(triton_checkpoint, repo))
+    (repo / "build_info.json").write_text("{}")  # serve's stamp of that build
+
+    def interrupted(opts, codec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_repository_module, "export_codec", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_repository_module.build_repository(small_options(triton_checkpoint, repo, kv_slots=3))
+    assert not (repo / "build_info.json").exists()  # so serve builds again instead of serving a half build
+    assert not list(tmp_path.glob("volume.*"))
+
+
+def test_stored_voices_inside_the_repository_are_refused(tmp_path, triton_checkpoint):
+    opts = small_options(triton_checkpoint, tmp_path / "repo", references_dir=tmp_path / "repo" / "voices")
+    with pytest.raises(FishSpeechError, match="--references-dir .* is inside the repository"):
+        build_repository_module.build_repository(opts)
+
+
+def test_the_codec_and_the_lm_files_are_checked_before_the_export(tmp_path, triton_checkpoint, monkeypatch):
+    exported = []
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: exported.append(opts))
+    wrong_codec = small_options(triton_checkpoint, tmp_path / "a")
+    wrong_codec.decoder_checkpoint = triton_checkpoint.lm_dir / "config.json"
+    with pytest.raises(FishSpeechError, match="not a readable PyTorch file \\(\\w+: [^\\n]*\\)$"):
+        build_repository_module.build_repository(wrong_codec)
+    (tmp_path / "empty").mkdir()
+    no_lm = small_options(triton_checkpoint, tmp_path / "b")
+    no_lm.llama_checkpoint = tmp_path / "empty"
+    with pytest.raises(FishSpeechError, match="lacks config.json, model.pth, tokenizer.tiktoken"):
+        build_repository_module.build_repository(no_lm)
+    assert not exported and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_relative_paths_are_made_absolute_and_a_bad_opset_is_refused_up_front(
+    tmp_path, triton_checkpoint, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--llama-checkpoint-path", str(triton_checkpoint.lm_dir), "--decoder-checkpoint-path"]
+    flags += [str(triton_checkpoint.codec_path), "--output-dir", "repo", "--references-dir", "voices"]
+    args = build_parser().parse_args(flags)
+    assert options_from_args(args, args.output_dir).references_dir == tmp_path / "voices"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*flags, "--opset", "30"])
+    assert "--opset: invalid choice: 30" in capsys.readouterr().err

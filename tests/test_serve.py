@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from fish_speech_triton.triton_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +86,38 @@ def test_a_repository_is_reused_only_when_built_with_these_options_by_this_code(
     (tmp_path / "codec.pth").write_bytes(b"other weights")
     serve.ensure_repository(opts)
     assert len(builds) == 6
+
+
+def test_demo_with_checkpoint_paths_is_refused(tmp_path, capsys):
+    from fish_speech_triton import serve
+    from fish_speech_triton.tools.cli import run_cli
+
+    code = run_cli(serve.main, ["--demo", "--llama-checkpoint-path", str(tmp_path)])
+    assert code == 2 and "--demo serves a random checkpoint of its own" in capsys.readouterr().err
+
+
+def test_random_checkpoints_never_overwrite_real_weights_nor_pass_half_written(tmp_path, monkeypatch):
+    from fish_speech_triton.errors import InputError
+    from fish_speech_triton.tools import make_random_checkpoint as random_checkpoint
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "model.pth").write_text("real weights")
+    with pytest.raises(InputError, match="already holds model.pth, not written by this tool"):
+        random_checkpoint.write_random_checkpoint(real)
+    assert (real / "model.pth").read_text() == "real weights"
+
+    ours = tmp_path / "ours"
+    random_checkpoint.write_random_checkpoint(ours, seed=0)
+    first = (ours / "model.pth").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fish_speech_triton.codec.checkpoint.write_random_codec_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # the LM of seed 1 is written, then the codec's write stops
+        random_checkpoint.write_random_checkpoint(ours, seed=1)
+    monkeypatch.undo()
+    assert (ours / "model.pth").read_bytes() != first
+    random_checkpoint.write_random_checkpoint(ours, seed=0)  # rewritten, not taken as done
+    assert (ours / "model.pth").read_bytes() == first

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from triton_fixtures import greedy_inputs, offline_codes, semantic_codes
 
 from client.triton_stream import infer
-from export.build_repository import RepositoryOptions, export_codec, write_configs
+from export.build_repository import RepositoryOptions, export_codec, load_codec_checkpoint, write_configs
 from export.codec_int8 import MIN_SNR_DB, snr_db
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
@@ -47,7 +47,7 @@ def levered_server(tmp_path_factory, triton_checkpoint):
         verify=False,
     )
     write_configs(opts)
-    export_codec(opts)
+    export_codec(opts, load_codec_checkpoint(opts))
     repository = root / "model_repository"
     repository.mkdir()
     for model in ("llama_semantic", "vqgan_decoder"):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from fish_speech_triton.codec.config import CodecConfig, load_codec_config
 from fish_speech_triton.codec.layers import LayerNormChannelsFirst
 from fish_speech_triton.codec.model import FireflyCodec
-from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.errors import CheckpointError, first_line
 from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import resolve_codec_checkpoint
 
@@ -77,7 +77,7 @@ def _read(file: Path) -> Mapping[str, object]:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean: not a readable torch checkpoint
         raise CheckpointError(
-            f"cannot read codec checkpoint {file}: not a readable PyTorch file ({exc.__class__.__name__}: {exc})"
+            f"cannot read codec checkpoint {file}: not a readable PyTorch file ({first_line(exc)})"
         ) from exc
     for wrapper in ("state_dict", "generator"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):

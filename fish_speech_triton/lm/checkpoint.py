@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fish_speech_triton.errors import CheckpointError
+from fish_speech_triton.errors import CheckpointError, first_line
 from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import LM_FILES, read_checkpoint_json, resolve_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
@@ -94,7 +94,7 @@ def _read_weights(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # corrupt, truncated, legacy pickle with objects: all unreadable for us
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read {path}: {first_line(exc)}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     return state

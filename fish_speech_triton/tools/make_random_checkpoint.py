@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fish_speech_triton.hub import CODEC_FILE
+from fish_speech_triton.errors import InputError
+from fish_speech_triton.hub import CODEC_FILE, LM_FILES
 from fish_speech_triton.tools.cli import run_cli
 
 CODEC_CONFIG_FILE = "codec.json"
@@ -45,6 +46,14 @@ def write_random_checkpoint(output_dir: Path, size: str = "small", seed: int = 0
     done = output_dir / ".complete"
     if done.exists() and done.read_text() == f"{size} {seed}":
         return RandomCheckpoint(output_dir, codec_path, codec_config_path)
+    if not done.exists():  # not written by this tool: refuse to write random weights over real ones
+        present = [name for name in (*LM_FILES, CODEC_FILE) if (output_dir / name).exists()]
+        if present:
+            raise InputError(
+                f"{output_dir} already holds {', '.join(present)}, not written by this tool: give another "
+                "--output-dir (random weights would replace them)"
+            )
+    done.write_text("writing")  # ours, not done: an interrupted write is rewritten, never taken as done
     lm_config = DualARConfig.small() if size == "small" else DualARConfig.full_size()
     print(f"[checkpoint] writing a random {size} LM to {output_dir}", file=sys.stderr)
     write_random_lm_checkpoint(output_dir, lm_config, seed=seed)
