@@ -8,8 +8,13 @@
 3. Replace this process with tritonserver (so it is PID 1 and gets SIGTERM directly); arguments given to
    the container are appended to its command line.
 
-Settings are environment variables, listed in `Settings.from_env` and docs/deploy.md. Other modes:
-`--check` verifies the image's Python environment (run by the Dockerfile) and `--dry-run` prints the plan.
+Until then this process is PID 1 (nvidia_entrypoint.sh execs it), and PID 1 ignores SIGTERM unless it
+handles it: SIGTERM or SIGINT during steps 1 and 2 stops the build and exits with 128 + the signal.
+
+Settings are environment variables, listed in `Settings.from_env` and docs/deploy.md. Other modes, each
+only as the first argument: `--check` verifies the image's Python environment (run by the Dockerfile),
+`--dry-run` prints the plan, `-h`/`--help` prints this. For tritonserver's own options run the image with
+`--entrypoint tritonserver` and `--help`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -155,7 +161,7 @@ def ensure_checkpoint(settings: Settings, download: Downloader = _hf_download) -
         return
     how = (
         f"put {', '.join(CHECKPOINT_FILES)} of https://huggingface.co/{settings.hf_repo_id} into {ckpt} "
-        f"(for example `huggingface-cli download {settings.hf_repo_id} --local-dir {ckpt}` in a pod "
+        f"(for example `hf download {settings.hf_repo_id} --local-dir {ckpt}` in a pod "
         "that mounts the volume)"
     )
     if not settings.download:
@@ -216,9 +222,37 @@ def _build_fingerprint(settings: Settings, command: Sequence[str]) -> str:
 
 
 Runner = Callable[..., subprocess.CompletedProcess]
+_children: list[subprocess.Popen] = []  # what _stop must terminate
 
 
-def build_repository(settings: Settings, run: Runner = subprocess.run) -> Path:
+def _run_child(command: Sequence[str], cwd: Path, check: bool) -> subprocess.CompletedProcess:
+    """subprocess.run, with the child known to _stop while it runs."""
+    with subprocess.Popen(command, cwd=cwd) as child:
+        _children.append(child)
+        try:
+            returncode = child.wait()
+        finally:
+            _children.remove(child)
+    if check and returncode:
+        raise subprocess.CalledProcessError(returncode, command)
+    return subprocess.CompletedProcess(command, returncode)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT before tritonserver runs: stop the builder and exit now, not after the grace period.
+
+    os._exit, not SystemExit: the download's worker threads would hold up a normal exit. The lock file is
+    released by the kernel, and the next start discards a half-built repository and resumes a download.
+    """
+    # os.write: print() may be in the middle of writing stderr when the signal arrives.
+    os.write(2, f"[entrypoint] {signal.Signals(signum).name} during start-up: stopping\n".encode())
+    for child in list(_children):
+        with contextlib.suppress(OSError):
+            child.terminate()
+    os._exit(128 + signum)
+
+
+def build_repository(settings: Settings, run: Runner = _run_child) -> Path:
     """Build the repository unless the work directory already holds one built from the same inputs."""
     repo = settings.repository
     partial = repo.with_name(repo.name + ".partial")
@@ -296,6 +330,10 @@ def self_check(require_cuda: bool = True) -> list[str]:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
+    if args[:1] in (["-h"], ["--help"]):
+        print(f"usage: {Path(__file__).name} [--check | --dry-run | -h | TRITONSERVER_ARG ...]\n")
+        print(__doc__.strip())
+        return 0
     if args[:1] == ["--check"]:
         problems = self_check()
         for problem in problems:
@@ -325,4 +363,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 if __name__ == "__main__":
+    # Until execvp: it resets a handled signal to its default, so tritonserver sets up its own handling.
+    for _signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signal, _stop)
     sys.exit(main())

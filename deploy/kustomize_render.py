@@ -8,13 +8,16 @@ kustomize feature in a manifest fails loudly here instead of being silently igno
 - `resources`: files (several documents each) and directories holding a kustomization;
 - `patches` with `path` only: strategic merge patches, matched to one resource by kind and name. Maps
   merge; `null` deletes a key; lists merge by the Kubernetes merge key where the API defines one for the
-  fields in MERGE_KEYS (containers by name, env by name, ...), every other list is replaced;
+  fields in MERGE_KEYS (containers by name, env by name, ...), every other list is replaced. A volume
+  patched to another source must null the old one (`emptyDir: null`): kustomize does not apply the API's
+  `retainKeys` and keeps both sources, which the API rejects, so such a patch is refused here;
 - `namespace`: set on every resource (ours are all namespaced);
 - `images`: newName / newTag / digest for container images of pod templates.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 from collections.abc import Sequence
@@ -40,6 +43,7 @@ for _kind in POD_TEMPLATE_KINDS:
     MERGE_KEYS[(_kind, (*_POD, "volumes"))] = "name"
     MERGE_KEYS[(_kind, (*_POD, "imagePullSecrets"))] = "name"
 MERGE_KEYS[("Service", ("spec", "ports"))] = "port"
+VOLUME_LISTS = {(kind, (*_POD, "volumes")) for kind in POD_TEMPLATE_KINDS}
 # kustomize's default ("legacy") output order: these kinds first, in this order, then the rest.
 ORDER_FIRST = [
     "Namespace",
@@ -81,6 +85,8 @@ def _load_yaml_documents(path: Path) -> list[Resource]:
 
 
 def _kustomization_file(directory: Path) -> Path:
+    if not directory.is_dir():
+        raise RenderError(f"{directory}: not a directory")
     found = [directory / n for n in ("kustomization.yaml", "kustomization.yml", "Kustomization")]
     found = [p for p in found if p.is_file()]
     if len(found) != 1:
@@ -133,6 +139,8 @@ def strategic_merge(base: Any, patch: Any, kind: str, path: tuple[str, ...] = ()
                 )
             old = originals.get(item[merge_key])
             merged_list.append(copy.deepcopy(item) if old is None else strategic_merge(old, item, kind, path))
+            if old is not None and (kind, path) in VOLUME_LISTS:
+                _check_one_source(old, merged_list[-1], kind)
         patched = {item[merge_key] for item in patch}
         merged_list += [
             copy.deepcopy(item)
@@ -141,6 +149,16 @@ def strategic_merge(base: Any, patch: Any, kind: str, path: tuple[str, ...] = ()
         ]
         return merged_list
     return copy.deepcopy(patch)
+
+
+def _check_one_source(old: Resource, merged: Resource, kind: str) -> None:
+    sources = sorted(set(merged) - {"name"})
+    if len(sources) > 1:
+        stale = ", ".join(f"{key}: null" for key in sorted(set(old) - {"name"}))
+        raise RenderError(
+            f"{kind} volume {merged['name']}: the patch leaves it with sources {sources}; kustomize "
+            f"keeps both (no retainKeys), the API rejects that: add `{stale}` to the patch"
+        )
 
 
 def _apply_patch(resources: list[Resource], patch_file: Path) -> None:
@@ -231,11 +249,17 @@ def _render(directory: Path) -> list[Resource]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python deploy/kustomize_render.py KUSTOMIZATION_DIR", file=sys.stderr)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("directory", type=Path, help="a directory holding a kustomization.yaml")
+    args = parser.parse_args(argv)
+    try:
+        resources = render(args.directory)
+    except (RenderError, OSError, yaml.YAMLError) as exc:
+        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    yaml.safe_dump_all(render(args[0]), sys.stdout, sort_keys=False)
+    yaml.safe_dump_all(resources, sys.stdout, sort_keys=False)
     return 0
 
 

@@ -7,12 +7,16 @@
   strict mode (an unknown field, such as a misspelt probe, is an error), for the oldest Kubernetes we
   support and the newest the package knows. The ServiceMonitor is a CRD those schemas lack: it is
   checked against CRD_SCHEMAS, which covers exactly the fields we set, just as strictly.
-- Consistency, which no schema sees: selectors select the pods, ports and volumes referred to exist, one
-  Service is scraped, the HPA targets the Deployment (which leaves `replicas` to it), one namespace.
+- Consistency, which no schema sees: selectors select the pods, ports and volumes referred to exist, each
+  volume has one source, one Service is scraped, the HPA targets the Deployment (which leaves `replicas`
+  to it), one namespace.
+
+Exit status: 0 all valid, 1 problems found (listed), 2 an overlay could not be rendered.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +24,11 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kustomize_render import render  # noqa: E402
+from kustomize_render import RenderError, render  # noqa: E402
 
 OVERLAYS = Path(__file__).resolve().parent / "k8s" / "overlays"
 K8S_VERSIONS = ("1.30", latest_version())
@@ -124,6 +129,8 @@ def consistency_problems(objects: Sequence[dict[str, Any]]) -> list[str]:
             port = container.get(probe, {}).get("httpGet", {}).get("port")
             check(port is None or port in port_names, f"{probe} port {port} is not a container port")
     for volume in volumes.values():
+        sources = sorted(set(volume) - {"name"})
+        check(len(sources) == 1, f"volume {volume['name']}: {len(sources)} sources {sources}, not one")
         claim = volume.get("persistentVolumeClaim", {}).get("claimName")
         check(claim is None or claim in claims, f"volume {volume['name']}: no PersistentVolumeClaim {claim}")
 
@@ -163,16 +170,26 @@ def overlay_problems(overlay: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    overlays = [Path(a) for a in args] or sorted(p for p in OVERLAYS.iterdir() if p.is_dir())
-    failed = False
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overlays", nargs="*", type=Path, help="kustomization directories (default: every overlay)"
+    )
+    overlays = parser.parse_args(argv).overlays or sorted(p for p in OVERLAYS.iterdir() if p.is_dir())
+    status = 0
     for overlay in overlays:
-        problems = overlay_problems(overlay)
-        failed |= bool(problems)
+        try:
+            problems = overlay_problems(overlay)
+        except (RenderError, OSError, yaml.YAMLError) as exc:
+            print(f"{overlay}: cannot render: {' '.join(str(exc).split())}", file=sys.stderr)
+            status = 2
+            continue
+        status = max(status, 1 if problems else 0)
         print(f"{overlay}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
         for problem in problems:
             print(f"  {problem}")
-    return 1 if failed else 0
+    return status
 
 
 if __name__ == "__main__":

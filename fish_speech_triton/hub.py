@@ -25,7 +25,7 @@ def _looks_like_repo_id(value: str) -> bool:
 
 def _download_hint(files: tuple[str, ...]) -> str:
     return (
-        f"The published weights: `huggingface-cli download {DEFAULT_REPO_ID} --local-dir "
+        f"The published weights: `hf download {DEFAULT_REPO_ID} --local-dir "
         f"checkpoints/{DEFAULT_REPO_ID.split('/')[-1]}` (the files {', '.join(files)}), then pass that path."
     )
 

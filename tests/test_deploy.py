@@ -7,18 +7,28 @@
 - The objects agree with each other (selectors, ports, volumes, the HPA metric and the adapter rule) and
   the GPU overlay has its essentials (GPU limit, probes, ports, /dev/shm).
 - The Dockerfile passes hadolint, copies only what .dockerignore lets through, and the entrypoint it runs
-  reads every setting the manifests give it.
+  reads every setting the manifests give it, stops at once on SIGTERM before it execs tritonserver (as
+  PID 1 it would otherwise ignore it), and names a download command that exists.
+- The scripts answer --help without side effects and a bad path with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import http.server
 import importlib
+import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,6 +190,20 @@ def test_gpu_overlay_essentials() -> None:
     assert container["image"].startswith("registry.example.com/fish-speech-triton:")
 
 
+def test_gpu_pods_avoid_old_gpus_spread_over_nodes_and_hold_no_token() -> None:
+    pod = one(render("gpu"), "Deployment")["spec"]["template"]
+    labels, pod = pod["metadata"]["labels"], pod["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    [term] = terms["nodeSelectorTerms"]
+    [family] = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.family"]
+    assert family["operator"] == "NotIn" and {"pascal", "volta"} <= set(family["values"])
+    assert not {"turing", "ampere", "hopper"} & set(family["values"]), "CUDA 13 runs on 7.5 and newer"
+    spread = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert spread and vm._selects(spread[0]["labelSelector"]["matchLabels"], labels)
+    assert "compute capability >= 7.5" in (ROOT / "docs" / "deploy.md").read_text()
+
+
 def test_cpu_dev_overlay_needs_no_gpu_and_no_operator() -> None:
     objects = render("cpu-dev")
     container = triton_container(objects)
@@ -279,6 +303,42 @@ def test_the_renderer_refuses_what_it_does_not_implement(
         kr.render(tmp_path)
 
 
+def _volume_patch(tmp_path: Path, patch_volume: str) -> Path:
+    """A Deployment whose `work` volume is an emptyDir, patched with `patch_volume`."""
+    (tmp_path / "kustomization.yaml").write_text("resources: [d.yaml]\npatches: [{path: p.yaml}]\n")
+    head = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n"
+    (tmp_path / "d.yaml").write_text(
+        head + "      containers: [{name: c, image: x}]\n"
+        "      volumes: [{name: work, emptyDir: {sizeLimit: 1Gi}}, {name: tmp, emptyDir: {}}]\n"
+    )
+    (tmp_path / "p.yaml").write_text(head + f"      volumes: [{{name: work, {patch_volume}}}]\n")
+    return tmp_path
+
+
+def test_a_volume_patched_to_another_source_needs_the_old_one_nulled(tmp_path: Path) -> None:
+    # kustomize keeps both sources (it does not apply retainKeys), which the API rejects: refused here.
+    with pytest.raises(kr.RenderError, match="emptyDir: null"):
+        kr.render(_volume_patch(tmp_path, "persistentVolumeClaim: {claimName: w}"))
+    pod = kr.render(_volume_patch(tmp_path, "emptyDir: null, persistentVolumeClaim: {claimName: w}"))[0]
+    volumes = {v["name"]: v for v in pod["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"] == {"name": "work", "persistentVolumeClaim": {"claimName": "w"}}
+    merged = kr.render(_volume_patch(tmp_path, "emptyDir: {medium: Memory}"))[0]
+    assert merged["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {
+        "sizeLimit": "1Gi",
+        "medium": "Memory",
+    }
+
+
+def test_consistency_check_catches_a_volume_with_two_sources() -> None:
+    objects = render("gpu")
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    next(v for v in pod["volumes"] if v["name"] == "work")["persistentVolumeClaim"] = {
+        "claimName": "fish-speech-models"
+    }
+    assert vm.schema_problems(objects, vm.K8S_VERSIONS[0]) == [], "no schema sees it"
+    assert any("volume work: 2 sources" in p for p in vm.consistency_problems(objects))
+
+
 def _kubectl() -> str | None:
     return shutil.which("kubectl", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
 
@@ -292,6 +352,15 @@ def test_the_renderer_matches_kubectl_kustomize(overlay: str) -> None:
         [str(_kubectl()), "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True, check=True
     ).stdout
     assert render(overlay) == [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.skipif(_kubectl() is None, reason="kubectl not installed")
+def test_kubectl_kustomize_agrees_on_a_volume_patched_to_another_source(tmp_path: Path) -> None:
+    directory = _volume_patch(tmp_path, "emptyDir: null, persistentVolumeClaim: {claimName: w}")
+    out = subprocess.run(
+        [str(_kubectl()), "kustomize", str(directory)], capture_output=True, text=True, check=True
+    ).stdout
+    assert kr.render(directory) == [d for d in yaml.safe_load_all(out) if d]
 
 
 # --- The image ---------------------------------------------------------------------------------------------
@@ -343,6 +412,30 @@ def test_dockerfile_pins_the_base_and_runs_our_entrypoint_as_non_root() -> None:
     entrypoint = [arg for op, arg in instructions if op == "ENTRYPOINT"][-1]
     assert "/opt/nvidia/nvidia_entrypoint.sh" in entrypoint and "deploy/entrypoint.py" in entrypoint
     assert [arg for op, arg in instructions if op == "EXPOSE"] == ["8000 8001 8002"]
+
+
+class _Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/v2/health/ready" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_healthcheck_asks_the_port_the_entrypoint_serves() -> None:
+    healthcheck = next(arg for op, arg in dockerfile_instructions() if op == "HEALTHCHECK")
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :])  # the exec form
+    assert command[:2] == ["python3", "-c"]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "TRITON_HTTP_PORT": str(server.server_port)}
+        result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert ep.Settings.from_env(env).http_port == server.server_port
 
 
 def dockerignore_allows(path: str) -> bool:
@@ -484,8 +577,22 @@ def test_entrypoint_explains_a_missing_checkpoint_it_cannot_fetch(tmp_path: Path
     def failing(*args: object) -> None:
         raise ConnectionError("no route to host")
 
-    with pytest.raises(ep.EntrypointError, match="ConnectionError.*huggingface-cli download"):
+    with pytest.raises(
+        ep.EntrypointError, match="ConnectionError.*`hf download fishaudio/fish-speech-1.5 --local-dir "
+    ):
         ep.ensure_checkpoint(_settings(tmp_path), failing)
+
+
+def test_the_download_command_the_error_names_is_installed(tmp_path: Path) -> None:
+    with pytest.raises(ep.EntrypointError) as error:
+        ep.ensure_checkpoint(_settings(tmp_path, FISH_SPEECH_DOWNLOAD="0"))
+    command = shlex.split(re.search(r"`([^`]+ download [^`]+)`", str(error.value)).group(1))
+    found = shutil.which(command[0], path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    assert found, f"{command[0]}: no such command with the installed huggingface_hub"
+    result = subprocess.run(  # --help: parses the command line, downloads nothing
+        [found, *command[1:], "--help"], env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_entrypoint_rebuilds_the_repository_only_when_its_inputs_change(tmp_path: Path) -> None:
@@ -527,6 +634,112 @@ def test_entrypoint_execs_tritonserver_or_exits_with_a_clear_error(
     assert ep.main([], offline) == ep.EXIT_CONFIG
     assert "error: checkpoint incomplete" in capsys.readouterr().err
     assert len(execs) == 1
+
+
+def _entrypoint(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """deploy/entrypoint.py in its own process, its paths under tmp_path, no download possible."""
+    settings = {
+        "FISH_SPEECH_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "FISH_SPEECH_REFERENCES_DIR": str(tmp_path / "refs"),
+        "FISH_SPEECH_WORK_DIR": str(tmp_path / "work"),
+        "FISH_SPEECH_APP_DIR": str(tmp_path / "app"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # refuses at once, should a test turn downloads on
+        "HOME": str(tmp_path / "home"),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(DEPLOY / "entrypoint.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, **settings, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(condition: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    return False
+
+
+def test_sigterm_while_waiting_for_the_download_lock_exits_at_once(tmp_path: Path) -> None:
+    # In the container the entrypoint is PID 1, which ignores SIGTERM it does not handle.
+    lock = tmp_path / "ckpt" / ".fish-speech-download.lock"
+    lock.parent.mkdir()
+    with open(lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another replica downloading
+        proc = _entrypoint(tmp_path, FISH_SPEECH_DOWNLOAD="1", HF_HUB_OFFLINE="")
+        _wait_for(lambda: proc.poll() is not None or _holds_open(proc.pid, lock))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 143, err
+    assert "SIGTERM during start-up" in err
+
+
+def test_sigterm_during_the_build_stops_the_builder_too(tmp_path: Path) -> None:
+    _fill(tmp_path / "ckpt", ep.CHECKPOINT_FILES)
+    builder = tmp_path / "app" / "export"
+    builder.mkdir(parents=True)
+    (builder / "__init__.py").write_text("")
+    (builder / "build_repository.py").write_text(
+        "import os, pathlib, time\n"
+        "pathlib.Path(os.environ['BUILDER_PID']).write_text(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    pid_file = tmp_path / "builder.pid"
+    proc = _entrypoint(tmp_path, BUILDER_PID=str(pid_file))
+    _wait_for(lambda: proc.poll() is not None or (pid_file.is_file() and pid_file.read_text() != ""))
+    builder_pid = int(pid_file.read_text())
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 143, err
+        _wait_for(lambda: not _running(builder_pid), seconds=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(builder_pid, signal.SIGKILL)  # only if the test failed
+
+
+@pytest.mark.parametrize("script", ["entrypoint.py", "kustomize_render.py", "validate_manifests.py"])
+def test_the_scripts_explain_themselves_and_do_nothing_else(tmp_path: Path, script: str) -> None:
+    if script == "entrypoint.py":
+        # Downloads on: a run that does not stop at --help creates the checkpoint directory.
+        proc = _entrypoint(tmp_path, "--help", HF_HUB_OFFLINE="")
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, str(DEPLOY / script), "--help"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith("usage:") and len(out.splitlines()) > 5
+    assert list(tmp_path.iterdir()) == [], "--help must not create anything"
+
+
+@pytest.mark.parametrize("script", ["kustomize_render.py", "validate_manifests.py"])
+@pytest.mark.parametrize("bad", ["missing-dir", "a-file", "no-kustomization"])
+def test_the_manifest_scripts_reject_a_bad_path_in_one_line(tmp_path: Path, script: str, bad: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "no-kustomization").mkdir()
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / script), str(tmp_path / bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and bad in result.stderr, result.stderr
 
 
 # --- The documentation -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from fish_speech_triton.errors import CheckpointError
 from fish_speech_triton.hub import CODEC_FILE, LM_FILES, resolve_checkpoint, resolve_codec_checkpoint
 
-HINT = "huggingface-cli download fishaudio/fish-speech-1.5 --local-dir checkpoints/fish-speech-1.5"
+HINT = "hf download fishaudio/fish-speech-1.5 --local-dir checkpoints/fish-speech-1.5"
 
 
 @pytest.fixture
