@@ -1,6 +1,6 @@
 """The HTTP gateway in front of a real tritonserver: the original Fish-Speech API (msgpack and JSON, references,
-stored voices, every format), its streaming byte layout, every error code, the codec endpoints, OpenAI's
-/v1/audio/speech, 8 concurrent streams, and hang-ups that free their LM slot.
+stored voices, every format), its streaming byte layout, every error code, CORS, health, the codec endpoints,
+OpenAI's /v1/audio/speech, 8 concurrent streams, and hang-ups that free their LM slot.
 
 Expected audio comes from Triton itself (the ensemble and the stage models), never from the gateway's code.
 """
@@ -25,11 +25,13 @@ from triton_fixtures import KV_SLOTS, STORED_VOICE, wait_for_gauges
 
 from client.triton_stream import ServerError, collect, infer, server_error
 from fish_speech_triton.audio import synthetic_speech
+from fish_speech_triton.gateway.app import MAX_DECODE_REQUEST_FRAMES
 from fish_speech_triton.triton_server import free_port
 
 TEXT = "Hello from the gateway."
 SHORT = {"max_new_tokens": 16, "seed": 11}
 API_KEY = "s3cret-key"
+ORIGIN = "https://app.example.com"
 MAX_TEXT_LENGTH = 40
 SAMPLES_PER_FRAME = 2048
 # How soon the requests of clients that hung up must be gone from the LM: a few decode steps, far below the
@@ -145,6 +147,15 @@ def test_health_answers_get_and_post(gateway):
         assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
+def test_the_stored_voices_are_listed_as_later_originals_answer(gateway):
+    response = httpx.get(gateway.url + "/v1/references/list")
+    assert response.json() == {
+        "success": True,
+        "reference_ids": [STORED_VOICE],
+        "message": "Found 1 reference voices",
+    }
+
+
 def test_complete_wav_is_the_ensembles_audio(gateway, triton, short_wav):
     response = post(gateway, "/v1/tts", {"text": TEXT, **SHORT}, as_msgpack=True)
     assert response.status_code == 200
@@ -245,40 +256,52 @@ def test_streaming_is_a_44_byte_header_then_the_pcm_of_the_complete_wav(gateway)
 # ------------------------------------------------------------------------------------------------ errors
 
 MISSING = object()
-BAD_FIELDS = [
+# Fields the schema refuses: 422, as the original's framework answers them.
+SCHEMA_ERRORS = [
     ({"chunk_length": 99}, "chunk_length"),
     ({"chunk_length": 301}, "chunk_length"),
+    ({"chunk_length": "200"}, "chunk_length: Input should be a valid integer"),  # strict, as the original's
     ({"top_p": 1.5}, "top_p"),
+    ({"top_p": True}, "top_p: Input should be a valid number"),
+    ({"temperature": "0.5"}, "temperature: Input should be a valid number"),
     ({"temperature": 0.0}, "temperature"),
     ({"repetition_penalty": 3}, "repetition_penalty"),
     ({"max_new_tokens": -1}, "max_new_tokens"),
     ({"format": "ogg"}, "format"),
     ({"use_memory_cache": "maybe"}, "use_memory_cache"),
-    ({"streaming": True, "format": "mp3"}, "streaming only supports the wav format"),
-    ({"text": "   "}, "text is empty"),
     ({"text": MISSING}, "text: Field required"),
     ({"text": "half an emoji \ud83d"}, "text: Value error, the text is not valid Unicode text"),
+]
+# Fields that fit the schema but not the request: 400, as in the original.
+BAD_REQUESTS = [
+    ({"streaming": True, "format": "mp3"}, "streaming only supports the wav format"),
+    ({"text": "   "}, "text is empty"),
     ({"reference_id": "nobody"}, "unknown reference id 'nobody': stored voices are alice"),
     ({"reference_id": "../alice"}, "invalid reference id"),
     ({"references": [{"audio": b"not audio", "text": "x"}]}, "references[0].audio is not an audio file"),
     ({"references": [{"audio": REFERENCE, "text": " "}]}, "references[0].text is empty"),
 ]
+BAD_FIELDS = [(*case, 422) for case in SCHEMA_ERRORS] + [(*case, 400) for case in BAD_REQUESTS]
 
 
-@pytest.mark.parametrize(("fields", "message"), BAD_FIELDS, ids=[str(fields) for fields, _ in BAD_FIELDS])
-def test_invalid_fields_are_400_with_a_message(gateway, fields, message):
+@pytest.mark.parametrize(
+    ("fields", "message", "status"), BAD_FIELDS, ids=[str(fields) for fields, _, _ in BAD_FIELDS]
+)
+def test_invalid_fields_are_422_or_400_with_a_message(gateway, fields, message, status):
     body = {key: value for key, value in {"text": TEXT, **SHORT, **fields}.items() if value is not MISSING}
     as_msgpack = "\ud83d" not in str(body.get("text"))  # msgpack cannot even carry a lone surrogate
-    assert message in fish_error(post(gateway, "/v1/tts", body, as_msgpack=as_msgpack), 400)
+    assert message in fish_error(post(gateway, "/v1/tts", body, as_msgpack=as_msgpack), status)
 
 
-def test_bodies_that_cannot_be_read_are_400_or_415(gateway):
+def test_bodies_that_cannot_be_read_are_400_422_or_415(gateway):
     url = gateway.url + "/v1/tts"
     bad_base64 = {"text": TEXT, "references": [{"audio": "@@not base64@@", "text": "x"}]}
-    assert "base64" in fish_error(post(gateway, "/v1/tts", bad_base64), 400)
+    assert "base64" in fish_error(post(gateway, "/v1/tts", bad_base64), 422)
     broken_json = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
     assert "not valid JSON" in fish_error(broken_json, 400)
-    assert "must be an object" in fish_error(httpx.post(url, json=["a list"]), 400)
+    broken_msgpack = httpx.post(url, content=b"\xc1", headers={"Content-Type": "application/msgpack"})
+    assert fish_error(broken_msgpack, 400) == "the body is not valid msgpack: FormatError"
+    assert "must be an object" in fish_error(httpx.post(url, json=["a list"]), 422)
     for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "multipart/form-data"}, {}):
         response = httpx.post(url, content=b'{"text": "hi"}', headers=headers)
         assert "application/msgpack or application/json" in fish_error(response, 415)
@@ -307,11 +330,39 @@ def test_the_api_key_is_required_except_for_health_and_the_webui(keyed_gateway):
     assert httpx.get(keyed_gateway.url + "/").status_code == 200
 
 
-def test_generation_failures_are_500_with_a_message_streaming_or_not(triton_deployment):
+def test_bodies_nested_too_deeply_are_400(gateway):
+    url = gateway.url + "/v1/tts"
+    depth = 100_000
+    deep_json = '{"text": "a", "x": ' + "[" * depth + "]" * depth + "}"
+    response = httpx.post(url, content=deep_json, headers={"Content-Type": "application/json"})
+    assert "the body is not valid JSON: maximum recursion depth exceeded" in fish_error(response, 400)
+    deep_msgpack = b"\x82\xa4text\xa1a\xa1x" + b"\x91" * depth + b"\x90"
+    response = httpx.post(url, content=deep_msgpack, headers={"Content-Type": "application/msgpack"})
+    assert fish_error(response, 400) == "the body is not valid msgpack: StackError"
+
+
+def test_an_unreachable_triton_is_503_with_retry_after_on_health_and_requests(triton_deployment):
     with running_gateway(triton_deployment, triton_url=f"127.0.0.1:{free_port()}") as orphan:
+        health = httpx.get(orphan.url + "/v1/health", timeout=30)
+        assert "no Triton server reachable" in fish_error(health, 503)
+        assert health.headers["retry-after"] == "1"
         for streaming in (False, True):
             response = post(orphan, "/v1/tts", {"text": TEXT, **SHORT, "streaming": streaming})
-            assert "no Triton server reachable" in fish_error(response, 500)
+            assert "no Triton server reachable" in fish_error(response, 503)
+            assert response.headers["retry-after"] == "1"
+
+
+def test_a_request_that_produces_no_audio_is_the_originals_500_streaming_or_not(triton_deployment):
+    with running_gateway(triton_deployment) as silent:
+
+        async def no_chunks(inputs):
+            return
+            yield  # an async generator, as the real one
+
+        silent.server.config.app.state.synthesizer.chunks = no_chunks
+        for streaming in (False, True):
+            response = post(silent, "/v1/tts", {"text": TEXT, **SHORT, "streaming": streaming})
+            assert fish_error(response, 500) == "No audio generated, please check the input text."
 
 
 def test_refusals_from_triton_are_400_with_tritons_message(gateway, triton_deployment):
@@ -325,6 +376,45 @@ def test_refusals_from_triton_are_400_with_tritons_message(gateway, triton_deplo
             body = {"text": TEXT, **SHORT, "streaming": streaming, "reference_id": "nobody"}
             message = fish_error(post(unaware, "/v1/tts", body), 400)
             assert message.startswith("llama_semantic: refused: unknown reference id 'nobody'")
+
+
+def test_any_origin_may_call_the_api_and_preflights_need_no_key(keyed_gateway):
+    preflight = httpx.options(
+        keyed_gateway.url + "/v1/tts",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    allowed = {name.strip().lower() for name in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type"} <= allowed
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for headers, status in (({**auth, "Origin": ORIGIN}, 200), ({"Origin": ORIGIN}, 401)):
+        response = httpx.get(keyed_gateway.url + "/v1/references/list", headers=headers)
+        assert response.status_code == status  # a page can read refusals too
+        assert response.headers["access-control-allow-origin"] == "*"
+        exposed = response.headers["access-control-expose-headers"]
+        assert "Content-Disposition" in exposed and "Retry-After" in exposed
+
+
+def test_cors_origins_restrict_or_turn_off_calls_from_other_pages(triton_deployment):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    with running_gateway(triton_deployment, cors_origins=(ORIGIN,)) as restricted:
+        allowed = httpx.options(restricted.url + "/v1/tts", headers={**preflight, "Origin": ORIGIN})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
+        other = {"Origin": "https://elsewhere.example.com"}
+        assert httpx.options(restricted.url + "/v1/tts", headers={**preflight, **other}).status_code == 400
+        listed = httpx.get(restricted.url + "/v1/references/list", headers=other)
+        assert listed.status_code == 200 and "access-control-allow-origin" not in listed.headers
+    with running_gateway(triton_deployment, cors_origins=()) as closed:
+        assert (
+            httpx.options(closed.url + "/v1/tts", headers={**preflight, "Origin": ORIGIN}).status_code == 405
+        )
+        listed = httpx.get(closed.url + "/v1/references/list", headers={"Origin": ORIGIN})
+        assert "access-control-allow-origin" not in listed.headers
 
 
 def test_405_names_the_allowed_methods(gateway):
@@ -378,16 +468,30 @@ def test_vqgan_encode_and_decode_in_msgpack_and_json(gateway, triton):
 
 
 @pytest.mark.parametrize(
-    ("tokens", "message"),
+    ("tokens", "message", "status"),
     [
-        ([[[1, 2], [3]]], "rows of equal length"),
-        ([[[5000, 1]] * 8], "out of range"),
-        ([[[1, 2]] * 7], "shape [8, frames]"),
-        ([], "tokens: List should have at least 1 item"),
+        ([[[1, 2], [3]]], "rows of equal length", 400),
+        ([[[5000, 1]] * 8], "out of range", 400),
+        ([[[2**64, 1]] * 8], "tokens[0] out of range: values must be in [0, 1024)", 400),
+        ([[[1, 2]] * 7], "shape [8, frames]", 400),
+        ([[[1, True]] * 8], "tokens.0.0.1: Input should be a valid integer", 422),
+        ([], "tokens: List should have at least 1 item", 422),
     ],
 )
-def test_vqgan_decode_refuses_bad_tokens_with_400(gateway, tokens, message):
-    assert message in fish_error(post(gateway, "/v1/vqgan/decode", {"tokens": tokens}), 400)
+def test_vqgan_decode_refuses_bad_tokens_with_400_or_422(gateway, tokens, message, status):
+    assert message in fish_error(post(gateway, "/v1/vqgan/decode", {"tokens": tokens}), status)
+
+
+def test_vqgan_decode_refuses_more_audio_than_encode_reads_before_calling_triton(gateway, monkeypatch):
+    async def decode(codes, context_frames=0):
+        raise AssertionError("the decoder was called")
+
+    monkeypatch.setattr(gateway.server.config.app.state.synthesizer, "decode", decode)
+    half = MAX_DECODE_REQUEST_FRAMES // 2 + 1  # each item fits, the two together do not
+    tokens = [[[0] * half] * 8, [[0] * half] * 8]
+    response = post(gateway, "/v1/vqgan/decode", {"tokens": tokens}, as_msgpack=True)
+    message = f"tokens hold {2 * half} frames in all: at most {MAX_DECODE_REQUEST_FRAMES} (600 s of audio)"
+    assert message in fish_error(response, 400)
 
 
 def test_vqgan_encode_refuses_what_is_not_audio_with_400(gateway):
@@ -423,6 +527,8 @@ def test_openai_speech_speaks_with_stored_voices_and_streams(gateway, short_wav)
         ({"response_format": "opus"}, "response_format"),
         ({"speed": 1.5}, "only 1.0 is supported"),
         ({"stream": True, "response_format": "mp3"}, "stream only supports wav and pcm"),
+        ({"stream_format": "sse"}, "stream_format: Input should be 'audio'"),
+        ({"temperature": "0.5"}, "temperature: Input should be a valid number"),
         ({"input": ""}, "text is empty"),
     ],
 )

@@ -1,7 +1,9 @@
-"""The gateway's pieces that need no server: the wav header and PCM rule, body schemas and their messages."""
+"""The gateway's pieces that need no server: the wav header and PCM rule, body schemas and their messages,
+its options and its readiness check."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import io
@@ -16,8 +18,10 @@ from fish_speech_triton.errors import InputError
 from fish_speech_triton.gateway.app import _first, _pcm_stream
 from fish_speech_triton.gateway.asgi import AudioStream
 from fish_speech_triton.gateway.encoding import encode_audio, pcm16, wav_header
+from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.gateway.schemas import SpeechRequest, TTSRequest, parse
-from fish_speech_triton.gateway.synthesis import Synthesizer
+from fish_speech_triton.gateway.synthesis import STAGE_MODELS, Synthesizer
+from fish_speech_triton.gateway.triton import TritonBackend
 
 
 def python_wav(samples: np.ndarray) -> bytes:
@@ -76,6 +80,43 @@ def test_json_bytes_are_base64_and_every_problem_is_named():
         "references.0.audio: Value error, expected base64",
     ):
         assert part in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "origins"),
+    [
+        ([], ("*",)),
+        (
+            ["--cors-origins", "https://a.example, https://b.example"],
+            ("https://a.example", "https://b.example"),
+        ),
+        (["--cors-origins", ""], ()),
+    ],
+    ids=["any-by-default", "a-list", "none"],
+)
+def test_cors_origins_are_a_comma_separated_list(argv, origins):
+    parser = argparse.ArgumentParser()
+    add_gateway_arguments(parser)  # the gateway's command and `serve --api-listen` share these options
+    assert gateway_settings(parser.parse_args(argv), "127.0.0.1:8001", None).cors_origins == origins
+
+
+def test_readiness_names_the_first_stage_model_that_is_not_ready():
+    class Triton:  # ready, but `llama_semantic` is not loaded
+        async def is_server_ready(self, client_timeout):
+            return True
+
+        async def is_model_ready(self, model, client_timeout):
+            return model != "llama_semantic"
+
+    async def check() -> str | None:
+        backend = TritonBackend("127.0.0.1:1")
+        real, backend.client = backend.client, Triton()
+        try:
+            return await backend.not_ready(STAGE_MODELS)
+        finally:
+            await real.close()
+
+    assert asyncio.run(check()) == "model 'llama_semantic' is not ready on the Triton server at 127.0.0.1:1"
 
 
 @pytest.mark.parametrize("blocked_write", [1, 3], ids=["before-the-body", "mid-body"])

@@ -1,6 +1,8 @@
 """The WebUI in a real headless Chromium (Debian's `chromium`, driven by Playwright) against the gateway and a
 real tritonserver: clear errors, a streamed synthesis that plays before generation ends, a downloadable file,
-and a complete-file synthesis from an uploaded reference that plays in the page's <audio> element.
+a complete-file synthesis from an uploaded reference that plays in the page's <audio> element, a reference
+recorded from the microphone (Chromium's fake one), and a stored voice typed by its id when the gateway cannot
+list them.
 
 A screenshot of the page after the streamed synthesis is stored as artifacts/tests/gateway_webui.png.
 """
@@ -12,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from gateway_support import running_gateway
@@ -32,6 +35,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",  # the microphone is allowed without asking...
+    "--use-fake-device-for-media-stream",  # ...and is a generated beep
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "tests"
 API_KEY = "webui-key"
@@ -78,15 +83,18 @@ def enter_key_and_sampling(page, max_new_tokens: int) -> None:
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")  # reloads the stored voices with the key
     page.wait_for_selector(f"#reference-id option[value='{STORED_VOICE}']", state="attached")
+    assert page.is_visible("#reference-id") and page.is_hidden("#reference-id-text")
     page.click("summary")  # open the sampling controls
     page.fill("#max-new-tokens", str(max_new_tokens))
     page.fill("#seed", "7")
 
 
 def test_errors_are_shown_then_a_streamed_synthesis_plays_before_generation_ends(page):
+    # Before the key is typed the stored voices cannot be listed: a hint, not an error, and an id can be typed.
+    page.wait_for_function("document.querySelector('#voices-hint').textContent !== ''")
+    assert "enter the API key" in page.text_content("#voices-hint")
+    assert page.is_hidden("#error") and page.is_visible("#reference-id-text")
     # Without the key the server refuses, and the page says why.
-    page.wait_for_selector("#error:not([hidden])")
-    assert "missing or wrong API key" in page.text_content("#error")
     page.click("#generate")
     page.wait_for_function(
         "document.querySelector('#error').textContent.startsWith('missing or wrong API key')"
@@ -148,3 +156,47 @@ def test_a_complete_file_from_an_uploaded_reference_plays_and_downloads(page, tm
     )  # an emptied field takes the API's default, it is not sent as 0 (no limit)
     body = page.evaluate("async () => JSON.parse(JSON.stringify(await requestBody(false)))")
     assert "max_new_tokens" not in body and body["seed"] == 7
+
+
+def test_a_reference_recorded_from_the_microphone_is_a_wav_that_clones(page):
+    enter_key_and_sampling(page, max_new_tokens=16)
+    page.click("#record")
+    page.wait_for_function("document.querySelector('#record').textContent === 'Stop recording'")
+    assert page.is_checked("input[name=voice][value=upload]")
+    page.wait_for_timeout(1500)
+    page.click("#record")
+    page.wait_for_function("document.querySelector('#reference-audio').files.length === 1")
+    wav = page.evaluate(
+        """async () => {
+            const file = document.querySelector('#reference-audio').files[0];
+            return Array.from(new Uint8Array(await file.arrayBuffer()));
+        }"""
+    )
+    audio, rate = sf.read(io.BytesIO(bytes(wav)), dtype="int16")  # 16-bit PCM wav, what libsndfile reads
+    assert audio.ndim == 1 and audio.size >= rate and np.abs(audio).max() > 0
+    page.fill("#reference-text", "A recorded reference.")
+    page.uncheck("#streaming")
+    page.click("#generate")
+    page.wait_for_function("window.fishPlayback.elementPlaying", timeout=WAIT_MS)
+    assert page.is_hidden("#error")
+
+
+def test_a_stored_voice_is_typed_by_its_id_when_the_gateway_cannot_list_them(browser, triton_deployment):
+    with running_gateway(triton_deployment, references_dir=None) as unaware:  # lists no voices
+        page = browser.new_page()
+        try:
+            page.goto(unaware.url + "/")
+            page.wait_for_selector("#reference-id-text", state="visible")
+            assert page.is_hidden("#reference-id") and page.is_hidden("#error")
+            page.check("#voice-stored")
+            page.fill("#reference-id-text", STORED_VOICE)
+            page.click("summary")
+            page.fill("#max-new-tokens", "16")
+            page.uncheck("#streaming")
+            body = page.evaluate("async () => await requestBody(false)")
+            assert body["reference_id"] == STORED_VOICE
+            page.click("#generate")
+            page.wait_for_function("window.fishPlayback.elementPlaying", timeout=WAIT_MS)
+            assert page.is_hidden("#error")
+        finally:
+            page.close()

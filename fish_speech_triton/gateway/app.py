@@ -1,4 +1,4 @@
-"""The gateway's ASGI app: routes, API-key check, error answers and the WebUI's static files."""
+"""The gateway's ASGI app: routes, CORS, API-key check, error answers and the WebUI's static files."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from client.triton_stream import RequestRefused, ServerBusy
+from client.triton_stream import RequestRefused, ServerBusy, ServerUnavailable
+from fish_speech_triton.audio import CODEC_SAMPLE_RATE, MAX_DECODE_SECONDS
 from fish_speech_triton.errors import FishSpeechError, InputError
 from fish_speech_triton.gateway.asgi import AudioStream, BearerAuth, unless_client_leaves
 from fish_speech_triton.gateway.encoding import MEDIA_TYPES, encode_audio, pcm16, wav_header
@@ -26,15 +28,16 @@ from fish_speech_triton.gateway.options import GatewaySettings
 from fish_speech_triton.gateway.schemas import (
     DecodeRequest,
     EncodeRequest,
+    InvalidBody,
     Sampling,
     SpeechRequest,
     TTSRequest,
     parse,
 )
-from fish_speech_triton.gateway.synthesis import Synthesizer
+from fish_speech_triton.gateway.synthesis import STAGE_MODELS, Synthesizer
 from fish_speech_triton.gateway.triton import TritonBackend
-from fish_speech_triton.gateway.wire import error_response, packed, read_body
-from fish_speech_triton.serving.codec_runtime import validate_codes
+from fish_speech_triton.gateway.wire import OPENAI_PREFIX, error_response, packed, read_body
+from fish_speech_triton.serving.codec_runtime import CODE_LIMIT, SAMPLES_PER_FRAME, validate_codes
 from fish_speech_triton.serving.references import ReferenceStore
 
 log = logging.getLogger("fish_speech_triton.gateway")
@@ -45,6 +48,11 @@ WEBUI_DIR = Path(__file__).parent / "webui"
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
 )
+# /v1/vqgan/decode answers at most as much audio as /v1/vqgan/encode reads: a small body of codes would
+# otherwise ask for minutes of decoder time and an answer of hundreds of MB.
+MAX_DECODE_REQUEST_FRAMES = MAX_DECODE_SECONDS * CODEC_SAMPLE_RATE // SAMPLES_PER_FRAME
+NO_AUDIO = "No audio generated, please check the input text."  # the original's 500
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 def _voices_are_encoded_by_triton(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -59,12 +67,11 @@ def _attachment(audio_format: str) -> dict[str, str]:
     return {"Content-Disposition": f"attachment; filename=audio.{audio_format}"}
 
 
-async def _pcm_stream(header: bytes, first: np.ndarray | None, rest: AsyncIterator[np.ndarray]):
+async def _pcm_stream(header: bytes, first: np.ndarray, rest: AsyncIterator[np.ndarray]):
     yield header  # the response closes `rest` (its source) when it ends
-    if first is not None:
-        yield pcm16(first).tobytes()
-        async for chunk in rest:
-            yield pcm16(chunk).tobytes()
+    yield pcm16(first).tobytes()
+    async for chunk in rest:
+        yield pcm16(chunk).tobytes()
 
 
 async def _first(chunks: AsyncIterator[np.ndarray]) -> np.ndarray | None:
@@ -76,7 +83,8 @@ async def _first(chunks: AsyncIterator[np.ndarray]) -> np.ndarray | None:
 async def _speak(request: Request, tts_request: TTSRequest) -> Response:
     """Run a checked TTS request: a complete file, or (streaming) a header and PCM as chunks arrive.
 
-    A stream's status is sent with its first audio, so failures before any audio still get a 500.
+    A stream's status is sent with its first audio, so failures before any audio still get a 500, and so
+    does a request that produces no audio at all, streaming or not, as the original answers a complete one.
     """
     synthesizer = _synthesizer(request)
     inputs = await synthesizer.inputs(tts_request)
@@ -84,6 +92,8 @@ async def _speak(request: Request, tts_request: TTSRequest) -> Response:
     if tts_request.streaming:
         chunks = synthesizer.chunks(inputs)
         first = await unless_client_leaves(request, _first(chunks))
+        if first is None:
+            raise HTTPException(HTTPStatus.INTERNAL_SERVER_ERROR, NO_AUDIO)
         header = wav_header() if audio_format == "wav" else b""
         return AudioStream(
             _pcm_stream(header, first, chunks),
@@ -92,11 +102,17 @@ async def _speak(request: Request, tts_request: TTSRequest) -> Response:
             headers=_attachment(audio_format),
         )
     audio = await unless_client_leaves(request, synthesizer.audio(inputs))
+    if not audio.size:
+        raise HTTPException(HTTPStatus.INTERNAL_SERVER_ERROR, NO_AUDIO)
     data = await asyncio.to_thread(encode_audio, audio, audio_format)
     return Response(data, media_type=MEDIA_TYPES[audio_format], headers=_attachment(audio_format))
 
 
 async def health(request: Request) -> Response:
+    """The original's `{"status": "ok"}` while Triton and the models the gateway calls are ready; else 503."""
+    problem = await _synthesizer(request).backend.not_ready(STAGE_MODELS)
+    if problem is not None:
+        return error_response(request.url.path, HTTPStatus.SERVICE_UNAVAILABLE, problem, RETRY_AFTER)
     return JSONResponse({"status": "ok"})
 
 
@@ -148,11 +164,19 @@ async def vqgan_decode(request: Request) -> Response:
     for index, item in enumerate(body.tokens):
         try:
             array = np.array(item, dtype=np.int64)
-        except (ValueError, OverflowError) as exc:
+        except OverflowError as exc:
+            raise InputError(f"tokens[{index}] out of range: values must be in [0, {CODE_LIMIT})") from exc
+        except ValueError as exc:
             raise InputError(
                 f"tokens[{index}] must be [8][frames] integers with rows of equal length"
             ) from exc
         codes.append(validate_codes(array, f"tokens[{index}]"))
+    frames = sum(item.shape[1] for item in codes)
+    if frames > MAX_DECODE_REQUEST_FRAMES:
+        raise InputError(
+            f"tokens hold {frames} frames in all: at most {MAX_DECODE_REQUEST_FRAMES} "
+            f"({MAX_DECODE_SECONDS} s of audio) are decoded per request"
+        )
     synthesizer = _synthesizer(request)
     audios = await asyncio.gather(*(synthesizer.decode(item) for item in codes))
     return packed({"audios": [audio.astype(np.float16).tobytes() for audio in audios]}, media)
@@ -160,7 +184,10 @@ async def vqgan_decode(request: Request) -> Response:
 
 async def list_references(request: Request) -> Response:
     """The stored voices the gateway sees (empty without --references-dir); the WebUI offers them."""
-    return JSONResponse({"reference_ids": _synthesizer(request).voice_ids()})
+    ids = _synthesizer(request).voice_ids()
+    return JSONResponse(
+        {"success": True, "reference_ids": ids, "message": f"Found {len(ids)} reference voices"}
+    )
 
 
 async def webui(request: Request) -> Response:
@@ -169,6 +196,13 @@ async def webui(request: Request) -> Response:
 
 async def _input_error(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, HTTPStatus.BAD_REQUEST, str(exc))
+
+
+async def _invalid_body(request: Request, exc: Exception) -> Response:
+    """A body that does not fit the schema: 422 as the original's framework answers it, 400 as OpenAI does."""
+    openai = request.url.path.startswith(OPENAI_PREFIX)
+    status = HTTPStatus.BAD_REQUEST if openai else HTTPStatus.UNPROCESSABLE_ENTITY
+    return error_response(request.url.path, status, str(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -186,10 +220,10 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, HTTPStatus.BAD_REQUEST, str(exc))
 
 
-async def _busy(request: Request, exc: Exception) -> Response:
-    """Triton holds as many waiting requests as it takes: 503, and when to try again."""
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """Triton holds as many waiting requests as it takes, or cannot be reached: 503, and when to try again."""
     log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return error_response(request.url.path, HTTPStatus.SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "1"})
+    return error_response(request.url.path, HTTPStatus.SERVICE_UNAVAILABLE, str(exc), RETRY_AFTER)
 
 
 async def _failure(request: Request, exc: Exception) -> Response:
@@ -227,16 +261,30 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/vqgan/decode", vqgan_decode, methods=["POST"]),
         Route("/v1/references/list", list_references, methods=["GET"]),
     ]
+    middleware = [Middleware(BearerAuth, api_key=settings.api_key)]
+    if settings.cors_origins:
+        # Outermost: a browser's preflight carries no API key and is answered before the key check.
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Content-Disposition", "Retry-After"],
+            max_age=600,
+        )
+        middleware.insert(0, cors)
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BearerAuth, api_key=settings.api_key)],
+        middleware=middleware,
         exception_handlers={
             InputError: _input_error,
+            InvalidBody: _invalid_body,
             RequestRefused: _refused,
-            ServerBusy: _busy,
+            ServerBusy: _unavailable,
+            ServerUnavailable: _unavailable,
             HTTPException: _http_error,
             ClientDisconnect: _client_left,
-            FishSpeechError: _failure,  # Triton failed or is unreachable
+            FishSpeechError: _failure,  # Triton failed
             Exception: _failure,  # a bug: logged with its traceback, the user gets one line
         },
         lifespan=lifespan,

@@ -19,6 +19,8 @@ class GatewaySettings:
     # Largest request body: a few references of the encoder's 90 s at most, as wav in base64, fit well.
     max_body_mb: int = 64
     references_dir: Path | None = None  # the Triton server's references/ folder, to list and check voices
+    # Web pages of these origins may call the API ("*": any, as the original allows; empty: none).
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,12 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         default=GatewaySettings.max_body_mb,
         help="refuse larger request bodies with 413 before reading them whole (default %(default)s MB)",
     )
+    parser.add_argument(
+        "--cors-origins",
+        default=",".join(GatewaySettings.cors_origins),
+        help="comma-separated origins whose web pages may call the API, like https://app.example.com "
+        "('*': any, the default, as the original; '': none)",
+    )
 
 
 def gateway_settings(
@@ -48,4 +56,5 @@ def gateway_settings(
         max_text_length=max(0, args.max_text_length),
         max_body_mb=max(1, args.max_body_mb),
         references_dir=references_dir,
+        cors_origins=tuple(origin.strip() for origin in args.cors_origins.split(",") if origin.strip()),
     )

@@ -1,5 +1,6 @@
 """Request bodies: the original Fish-Speech API's (field names, defaults and ranges as in its `ServeTTSRequest`)
-and OpenAI's `/v1/audio/speech`. Unknown fields are ignored, as the original does.
+and OpenAI's `/v1/audio/speech`. Unknown fields are ignored, as the original does; the sampling fields the
+original declares strict take no strings or booleans.
 """
 
 from __future__ import annotations
@@ -8,13 +9,17 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.lm.text import utf8_bytes
 
 INT32_MAX = 2**31 - 1
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+
+
+class InvalidBody(InputError):
+    """The body does not fit the endpoint's schema (the original's framework answers these with 422)."""
 
 
 def _base64_in_json(value: Any) -> Any:
@@ -55,12 +60,12 @@ class ReferenceAudio(BaseModel):
 class Sampling(BaseModel):
     """How the LM samples: the original's fields; OpenAI requests may carry them too (an extension)."""
 
-    chunk_length: Annotated[int, Field(ge=100, le=300)] = 200
+    chunk_length: Annotated[int, Field(ge=100, le=300, strict=True)] = 200
     seed: Annotated[int, Field(**INT64)] | None = None
     max_new_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 1024
-    top_p: Annotated[float, Field(ge=0.1, le=1.0)] = 0.7
-    repetition_penalty: Annotated[float, Field(ge=0.9, le=2.0)] = 1.2
-    temperature: Annotated[float, Field(ge=0.1, le=1.0)] = 0.7
+    top_p: Annotated[float, Field(ge=0.1, le=1.0, strict=True)] = 0.7
+    repetition_penalty: Annotated[float, Field(ge=0.9, le=2.0, strict=True)] = 1.2
+    temperature: Annotated[float, Field(ge=0.1, le=1.0, strict=True)] = 0.7
 
 
 class TTSRequest(Sampling):
@@ -78,7 +83,7 @@ class EncodeRequest(BaseModel):
 
 
 class DecodeRequest(BaseModel):
-    tokens: Annotated[list[list[list[int]]], Field(min_length=1)]  # per item: [8][frames]
+    tokens: Annotated[list[list[list[StrictInt]]], Field(min_length=1)]  # per item: [8][frames]
 
 
 class SpeechRequest(Sampling):
@@ -90,13 +95,14 @@ class SpeechRequest(Sampling):
     response_format: AudioFormat = "mp3"
     speed: Annotated[float, AfterValidator(_only_normal_speed)] = 1.0
     stream: bool = False
+    stream_format: Literal["audio"] = "audio"  # OpenAI's "sse" (events carrying base64 audio) is not offered
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def parse(model: type[M], payload: object) -> M:
-    """Validate a decoded body; every problem becomes one readable InputError line."""
+    """Validate a decoded body; every problem becomes one readable InvalidBody line."""
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -104,4 +110,4 @@ def parse(model: type[M], payload: object) -> M:
         for error in exc.errors(include_url=False):
             where = ".".join(str(part) for part in error["loc"]) or "body"
             problems.append(f"{where}: {error['msg']}")
-        raise InputError("invalid request: " + "; ".join(problems)) from exc
+        raise InvalidBody("invalid request: " + "; ".join(problems)) from exc

@@ -31,6 +31,8 @@ from fish_speech_triton.gateway.schemas import ReferenceAudio, TTSRequest
 from fish_speech_triton.gateway.triton import TritonBackend
 from fish_speech_triton.serving.references import ReferenceStore, validate_reference_id
 
+STAGE_MODELS = ("vqgan_encoder", "llama_semantic", "vqgan_decoder")
+
 
 class Synthesizer:
     """Checks TTS requests and runs them, and the codec alone, on the models of one Triton server."""

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fish_speech_triton.errors import InputError
+from fish_speech_triton.gateway.schemas import InvalidBody
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 JSON_TYPE = "application/json"
@@ -60,12 +61,11 @@ async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[
     body = await _limited_body(request, request.app.state.max_body_bytes)
     try:
         payload = json.loads(body) if media == JSON_TYPE else msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise InputError(
-            f"the body is not valid {'JSON' if media == JSON_TYPE else 'msgpack'}: {exc}"
-        ) from exc
+    except (ValueError, RecursionError, msgpack.UnpackException) as exc:  # RecursionError: nested too deep
+        kind = "JSON" if media == JSON_TYPE else "msgpack"
+        raise InputError(f"the body is not valid {kind}: {str(exc) or type(exc).__name__}") from exc
     if not isinstance(payload, dict):
-        raise InputError(f"the body must be an object (a map), got {type(payload).__name__}")
+        raise InvalidBody(f"the body must be an object (a map), got {type(payload).__name__}")
     return payload, media
 
 

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let context = null; // one AudioContext, made on the first click (browsers allow sound after a gesture)
 let controller = null; // aborts the request in flight
 let sources = []; // scheduled buffers, stopped by Stop
+let recording = null; // the microphone while a reference is being recorded
 
 // What has been played, for the status line and for the browser test (window.fishPlayback).
 const playback = {
@@ -56,19 +57,23 @@ async function errorMessage(response) {
   }
 }
 
+// A list to pick the stored voice from; without one (the gateway was started without --references-dir, or
+// the API key is not typed yet) the voice's id is typed, as in the original WebUI.
 async function loadVoices() {
-  const select = $("reference-id");
   let ids = [];
+  let hint = "";
   try {
     const response = await fetch("/v1/references/list", { headers: authHeaders() });
-    if (!response.ok) throw new Error(await errorMessage(response));
-    ids = (await response.json()).reference_ids;
+    if (response.ok) ids = (await response.json()).reference_ids;
+    else if (response.status === 401 && !$("api-key").value.trim()) hint = "(enter the API key to list them)";
+    else throw new Error(await errorMessage(response));
   } catch (error) {
     showError(`Cannot list the stored voices: ${error.message}`);
   }
-  select.replaceChildren(...(ids.length ? ids.map((id) => new Option(id, id)) : [new Option("none stored", "")]));
-  select.disabled = !ids.length;
-  $("voice-stored").disabled = !ids.length;
+  $("reference-id").replaceChildren(...ids.map((id) => new Option(id, id)));
+  $("reference-id").hidden = !ids.length;
+  $("reference-id-text").hidden = Boolean(ids.length);
+  $("voices-hint").textContent = hint;
 }
 
 function base64(file) {
@@ -97,8 +102,9 @@ async function requestBody(streaming) {
   if ($("seed").value !== "") body.seed = number("seed");
   const voice = document.querySelector('input[name="voice"]:checked').value;
   if (voice === "stored") {
-    if (!$("reference-id").value) throw new Error("No stored voice is selected.");
-    body.reference_id = $("reference-id").value;
+    const id = ($("reference-id").hidden ? $("reference-id-text") : $("reference-id")).value.trim();
+    if (!id) throw new Error("Type the id of a stored voice, or pick another voice.");
+    body.reference_id = id;
   } else if (voice === "upload") {
     const file = $("reference-audio").files[0];
     const text = $("reference-text").value.trim();
@@ -109,7 +115,7 @@ async function requestBody(streaming) {
   return body;
 }
 
-function wavBlob(parts) {
+function wavBlob(parts, sampleRate = SAMPLE_RATE) {
   const dataBytes = parts.reduce((total, part) => total + part.byteLength, 0);
   const header = new DataView(new ArrayBuffer(WAV_HEADER_BYTES));
   const ascii = (offset, text) => [...text].forEach((c, i) => header.setUint8(offset + i, c.charCodeAt(0)));
@@ -120,8 +126,8 @@ function wavBlob(parts) {
   header.setUint32(16, 16, true);
   header.setUint16(20, 1, true); // PCM
   header.setUint16(22, 1, true); // mono
-  header.setUint32(24, SAMPLE_RATE, true);
-  header.setUint32(28, 2 * SAMPLE_RATE, true);
+  header.setUint32(24, sampleRate, true);
+  header.setUint32(28, 2 * sampleRate, true);
   header.setUint16(32, 2, true);
   header.setUint16(34, 16, true);
   ascii(36, "data");
@@ -212,6 +218,55 @@ function showResult(blob, format, started, streaming) {
   }
 }
 
+// Recording the reference: the microphone's samples are kept as they arrive and written as a 16-bit wav, which
+// becomes the chosen file (MediaRecorder writes webm, which the server's audio decoder does not read).
+async function startRecording() {
+  if (!navigator.mediaDevices) throw new Error("the microphone needs a secure page: open the WebUI over https or on localhost");
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const microphone = new AudioContext();
+  const processor = microphone.createScriptProcessor(4096, 1, 1);
+  const chunks = [];
+  processor.onaudioprocess = (event) => chunks.push(new Float32Array(event.inputBuffer.getChannelData(0)));
+  microphone.createMediaStreamSource(stream).connect(processor);
+  processor.connect(microphone.destination); // it only runs while connected; its output is silence
+  recording = { microphone, stream, chunks };
+  document.querySelector('input[name="voice"][value="upload"]').checked = true;
+  $("record").textContent = "Stop recording";
+  setStatus("Recording… speak, then press Stop recording.");
+}
+
+async function stopRecording() {
+  const { microphone, stream, chunks } = recording;
+  recording = null;
+  stream.getTracks().forEach((track) => track.stop());
+  await microphone.close();
+  const samples = chunks.reduce((total, chunk) => total + chunk.length, 0);
+  const pcm = new DataView(new ArrayBuffer(2 * samples));
+  let offset = 0;
+  for (const chunk of chunks) {
+    for (const sample of chunk) {
+      pcm.setInt16(offset, Math.max(-32768, Math.min(32767, Math.round(sample * 32768))), true);
+      offset += 2;
+    }
+  }
+  const files = new DataTransfer();
+  files.items.add(new File([wavBlob([pcm], microphone.sampleRate)], "recording.wav", { type: "audio/wav" }));
+  $("reference-audio").files = files.files;
+  $("record").textContent = "Record";
+  setStatus(`Recorded ${(samples / microphone.sampleRate).toFixed(1)} s: type what it says.`);
+}
+
+async function toggleRecording() {
+  showError("");
+  try {
+    await (recording ? stopRecording() : startRecording());
+  } catch (error) {
+    recording = null;
+    $("record").textContent = "Record";
+    showError(`Cannot record: ${error.message}`);
+  }
+}
+
 function setBusy(busy) {
   $("generate").disabled = busy;
   $("stop").disabled = !busy;
@@ -275,6 +330,7 @@ $("api-key").addEventListener("change", () => {
   showError("");
   loadVoices();
 });
+$("record").addEventListener("click", toggleRecording);
 $("player").addEventListener("playing", () => (playback.elementPlaying = true));
 showRangeValues();
 loadVoices();
