@@ -46,7 +46,8 @@ async def stream_async(
     silence_s: float = STREAM_SILENCE_S,
     url: str = "",
 ) -> AsyncGenerator[dict[str, np.ndarray], None]:
-    """Send one request on a new stream and yield each non-final response's outputs as they arrive.
+    """Send one request on a new stream and yield each response's outputs as they arrive (the final one's
+    too, when it carries any: Triton may set the final flag on the last chunk or send it alone).
 
     Closing the generator early (the caller went away) cancels the request on the server. A stream that
     ends without Triton's final response, or stays silent for `silence_s` seconds, is an error, never a

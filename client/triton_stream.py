@@ -111,7 +111,8 @@ def stream(
     outputs: tuple[str, ...],
     silence_s: float = STREAM_SILENCE_S,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Send one request on a new stream and yield each non-final response's outputs as they arrive.
+    """Send one request on a new stream and yield each response's outputs as they arrive (the final one's
+    too, when it carries any: Triton may set the final flag on the last chunk or send it alone).
 
     Closing the generator early cancels the request on the server.
     """

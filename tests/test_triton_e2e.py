@@ -287,6 +287,9 @@ BAD_REQUESTS = [
         "context",
     ),
     ("llama_semantic", {"TEXT": "   "}, "empty"),
+    ("llama_semantic", {"REFERENCE_ID": "nobody"}, "TEXT is missing"),
+    ("ensemble", {"REFERENCE_TEXT": "x", "REFERENCE_AUDIO": np.zeros(44100, np.float32)}, "TEXT is missing"),
+    ("vqgan_decoder", {"CONTEXT_FRAMES": np.array([0], np.int32)}, "CODES is missing"),
     ("llama_semantic", {"TEXT": b"\xff\xfe bad utf8"}, "UTF-8"),
     ("llama_semantic", {"TEXT": "hi", "REFERENCE_TEXT": "no audio"}, "without reference"),
     (

@@ -33,6 +33,10 @@ from fish_speech_triton.tools.cli import run_cli
 HERE = Path(__file__).resolve().parent
 MODELS = ("ensemble", "llama_semantic", "vqgan_encoder", "vqgan_decoder")
 DECOUPLED = frozenset({"ensemble", "llama_semantic"})
+CACHED_ENCODER = (
+    "[perf] vqgan_encoder: its input file repeats one recording, whose codes the model keeps after the first "
+    "request: these figures are its cache's; bench.first_audio measures encoding new references"
+)
 # soname perf_analyzer asks for -> glob of the file in nvidia_pytriton.libs
 LIBRARIES = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
 
@@ -143,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model in models:
             command = perf_command(binary, model, args.url, args, extra)
             print(f"[perf] {model}: {' '.join(command)}", file=sys.stderr, flush=True)
+            if model == "vqgan_encoder":
+                print(CACHED_ENCODER, file=sys.stderr, flush=True)
             code = subprocess.run(command, env=env, check=False).returncode  # noqa: S603
             if code != 0:
                 raise FishSpeechError(

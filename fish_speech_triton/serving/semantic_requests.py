@@ -56,7 +56,9 @@ def build_request(
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
 ) -> GenerationRequest:
     defaults = defaults or SamplingParams()
-    if inputs.text is None or not inputs.text.strip():
+    if inputs.text is None:
+        raise InputError("TEXT is missing: the text to speak is required")
+    if not inputs.text.strip():
         raise InputError("TEXT is empty")
     if (size := utf8_len(inputs.text)) > max_text_bytes:
         raise InputError(

@@ -1,5 +1,6 @@
 """vqgan_decoder: codes -> 44.1 kHz audio (see config.pbtxt for the tensor contract)."""
 
+from fish_speech_triton.errors import InputError
 from fish_speech_triton.serving.codec_runtime import MAX_DECODE_FRAMES, MIN_DECODE_FRAMES, OnnxDecoder
 from fish_speech_triton.serving.triton_io import (
     device_of,
@@ -25,6 +26,8 @@ class TritonPythonModel:
 
     def _decode(self, request):
         codes = input_array(request, "CODES")
+        if codes is None:  # required, but Triton 2.51 lets a request with only CONTEXT_FRAMES through
+            raise InputError("CODES is missing: the [8, frames] codes to decode are required")
         context = optional_scalar(request, "CONTEXT_FRAMES", int, 0)
         return {"AUDIO": self.decoder.decode(codes, context)}
 
