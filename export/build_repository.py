@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import py_compile
 import re
 import shutil
 import string
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from py_compile import PycInvalidationMode
 
 from google.protobuf import text_encoding
 
@@ -167,6 +169,12 @@ def write_configs(opts: RepositoryOptions) -> None:
             (dst / "config.pbtxt").write_text(template.substitute(escaped))
         except KeyError as exc:  # a template names a value this builder does not know: a bug, say which
             raise FishSpeechError(f"{src / 'config.pbtxt'} uses unknown value ${{{exc.args[0]}}}") from exc
+        for source in dst.glob("*/model.py"):
+            # The Python stub would write model.py's bytecode into the repository at its first load, and
+            # Triton (poll mode, or an explicit load) takes that new folder for a change and reloads the
+            # model. Compiled here instead, checked against the source's hash (an edited model.py still
+            # counts), it is only read.
+            py_compile.compile(str(source), doraise=True, invalidation_mode=PycInvalidationMode.CHECKED_HASH)
     (opts.output_dir / "ensemble" / "1" / ".gitkeep").unlink(missing_ok=True)
     try:
         Path(values["references_dir"]).mkdir(parents=True, exist_ok=True)

@@ -323,3 +323,20 @@ def test_relative_paths_are_made_absolute_and_a_bad_opset_is_refused_up_front(
     with pytest.raises(SystemExit):
         build_parser().parse_args([*flags, "--opset", "30"])
     assert "--opset: invalid choice: 30" in capsys.readouterr().err
+
+
+def test_python_models_ship_compiled_so_a_first_load_writes_nothing(tmp_path, triton_checkpoint, monkeypatch):
+    """Bytecode the stub wrote at its first load made Triton (poll mode, explicit loads) reload the model."""
+    import importlib.util
+
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
+    repo = build_repository_module.build_repository(small_options(triton_checkpoint, tmp_path / "repo"))
+    sources = sorted(repo.glob("*/1/model.py"))
+    assert [source.parent.parent.name for source in sources] == [
+        "llama_semantic",
+        "vqgan_decoder",
+        "vqgan_encoder",
+    ]
+    for source in sources:
+        header = Path(importlib.util.cache_from_source(str(source))).read_bytes()[:8]
+        assert int.from_bytes(header[4:8], "little") == 0b11  # hash-based, checked against an edited source
