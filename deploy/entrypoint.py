@@ -13,7 +13,8 @@ handles it: SIGTERM or SIGINT during steps 1 and 2 stops the build and exits wit
 
 Settings are environment variables, listed in `Settings.from_env` and docs/deploy.md. Other modes, each
 only as the first argument: `--check` verifies the image's Python environment (run by the Dockerfile),
-`--dry-run` prints the plan, `-h`/`--help` prints this. For tritonserver's own options run the image with
+`--dry-run` prints the plan, `--drain` is the pod's preStop hook (waits until no request is in flight, see
+`drain`), `-h`/`--help` prints this. For tritonserver's own options run the image with
 `--entrypoint tritonserver` and `--help`.
 """
 
@@ -30,12 +31,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fish_speech_triton.code_digest import builder_digest, file_stamps
 from fish_speech_triton.hub import CODEC_FILE, DEFAULT_REPO_ID, LM_FILES
+from fish_speech_triton.serving.lm_metrics import read_gauges
 
 CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)
 DEVICES = ("cuda", "cpu")
@@ -84,6 +88,7 @@ class Settings:
     grpc_port: int
     metrics_port: int
     exit_timeout_secs: int
+    drain_secs: int
     python_shm_bytes: int
     log_verbose: int
     triton_extra_args: tuple[str, ...]
@@ -113,6 +118,7 @@ class Settings:
             grpc_port=_int(env, "TRITON_GRPC_PORT", 8001, minimum=1),
             metrics_port=_int(env, "TRITON_METRICS_PORT", 8002, minimum=1),
             exit_timeout_secs=_int(env, "TRITON_EXIT_TIMEOUT_SECS", 60),
+            drain_secs=_int(env, "FISH_SPEECH_DRAIN_SECS", 55),
             python_shm_bytes=_int(env, "TRITON_PYTHON_SHM_BYTES", 64 * 1024 * 1024, minimum=1024 * 1024),
             log_verbose=_int(env, "TRITON_LOG_VERBOSE", 0),
             triton_extra_args=tuple(shlex.split(env.get("TRITON_EXTRA_ARGS", ""))),
@@ -327,11 +333,46 @@ def self_check(require_cuda: bool = True) -> list[str]:
     return problems
 
 
+def drain(
+    metrics_url: str,
+    limit_s: float,
+    settle_s: float = 5.0,
+    poll_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """The pod's preStop hook: wait until the LM holds no request, so that SIGTERM finds nothing in flight.
+
+    Triton 2.51 never finishes an ensemble stream that is in flight at SIGTERM (docs/deploy.md, section 4),
+    so the streams must end before it. First `settle_s` for the Service's endpoints to drop the pod (no new
+    requests after that), then until llama_semantic's gauges (pending and active, every instance) read zero
+    twice in a row, at most `limit_s`. True when drained; a server without metrics has nothing to drain.
+    """
+    sleep(settle_s)
+    deadline = clock() + limit_s
+    idle = 0
+    while True:
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2) as response:
+                busy = sum(read_gauges(response.read().decode()).values())
+        except OSError as exc:
+            log(f"drain: no metrics at {metrics_url} ({exc}); stopping now")
+            return True
+        idle = idle + 1 if busy == 0 else 0
+        if idle >= 2:  # twice: the last chunk's decode follows the LM's end
+            log("drain: no request in flight")
+            return True
+        if clock() >= deadline:
+            log(f"drain: {busy:.0f} requests still in flight after {limit_s:.0f} s; stopping anyway")
+            return False
+        sleep(poll_s)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
     if args[:1] in (["-h"], ["--help"]):
-        print(f"usage: {Path(__file__).name} [--check | --dry-run | -h | TRITONSERVER_ARG ...]\n")
+        print(f"usage: {Path(__file__).name} [--check | --dry-run | --drain | -h | TRITONSERVER_ARG ...]\n")
         print(__doc__.strip())
         return 0
     if args[:1] == ["--check"]:
@@ -341,6 +382,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 1 if problems else 0
     try:
         settings = Settings.from_env(env)
+        if args[:1] == ["--drain"]:
+            drain(f"http://127.0.0.1:{settings.metrics_port}/metrics", settings.drain_secs)
+            return 0
         if args[:1] == ["--dry-run"]:
             print(json.dumps({k: str(v) for k, v in asdict(settings).items()}, indent=2))
             print(shlex.join(build_command(settings, settings.repository)))

@@ -182,10 +182,10 @@ def test_gpu_overlay_essentials() -> None:
     assert "cpu" in requests
 
     grace = pod["terminationGracePeriodSeconds"]
-    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert grace > pre_stop + int(env["TRITON_EXIT_TIMEOUT_SECS"]), (
-        "Triton must finish streams before SIGKILL"
-    )
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[-2:] == ["/opt/fish-speech-triton/deploy/entrypoint.py", "--drain"]
+    drain = int(env.get("FISH_SPEECH_DRAIN_SECS", ep.Settings.from_env({}).drain_secs))
+    assert grace >= 5 + drain + 20, "after the drain, Triton needs time to stop before SIGKILL"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["image"].startswith("registry.example.com/fish-speech-triton:")
 
@@ -753,3 +753,56 @@ def test_docs_name_only_files_that_exist_and_the_adapter_rule() -> None:
     assert not missing, f"docs/deploy.md names files that do not exist: {missing}"
     assert "fish_speech_pending_requests" in doc and "nv_inference_pending_request_count" in doc
     assert dockerfile_args()["TRITON_RELEASE"] in doc and dockerfile_args()["TORCH_VERSION"] in doc
+
+
+class _Gauges(http.server.BaseHTTPRequestHandler):
+    """Triton's metrics endpoint with llama_semantic's gauges, busy for the first `busy_scrapes` scrapes."""
+
+    scrapes = 0
+    busy_scrapes = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).scrapes += 1
+        busy = 1 if type(self).scrapes <= type(self).busy_scrapes else 0
+        labels = 'instance="llama_semantic_0_{}",model="llama_semantic"'
+        body = "\n".join(
+            [
+                "# HELP fish_speech_lm_active_sequences Sequences decoded together in the current batch",
+                f"fish_speech_lm_active_sequences{{{labels.format(0)}}} {busy}",
+                f"fish_speech_lm_pending_requests{{{labels.format(0)}}} 0",
+                f"fish_speech_lm_active_sequences{{{labels.format(1)}}} 0",
+                'nv_inference_count{model="ensemble",version="1"} 7',
+            ]
+        ).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_prestop_drain_waits_for_the_lm_to_hold_no_request(capsys) -> None:
+    """Triton 2.51 never ends an ensemble stream in flight at SIGTERM: preStop lets the streams end first."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Gauges)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    try:
+        _Gauges.scrapes, _Gauges.busy_scrapes = 0, 3
+        assert ep.drain(url, limit_s=10, clock=lambda: now[0], sleep=sleep)
+        assert waits[0] == 5.0 and _Gauges.scrapes == 5  # settle; 3 busy scrapes; idle twice in a row
+        _Gauges.scrapes, _Gauges.busy_scrapes = 0, 1000
+        now[0], waits[:] = 0.0, []
+        assert not ep.drain(url, limit_s=10, clock=lambda: now[0], sleep=sleep)
+        assert 14.5 <= now[0] <= 15.5  # settle + the limit, then SIGTERM anyway
+        assert "1 requests still in flight after 10 s" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    assert ep.drain(url, limit_s=10, settle_s=0)  # no metrics (server gone): nothing to wait for

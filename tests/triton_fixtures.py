@@ -5,7 +5,6 @@ Registered as a pytest plugin by conftest.py; the server starts once per test se
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from export.build_repository import RepositoryOptions, build_repository
 from fish_speech_triton.audio import save_wav, synthetic_speech
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
+from fish_speech_triton.serving.lm_metrics import ACTIVE, PENDING, read_gauges
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint, write_random_checkpoint
 from fish_speech_triton.triton_server import TritonServer
 
@@ -129,13 +129,11 @@ def lm_gauges(server: TritonServer) -> tuple[int, int]:
     """(pending requests, active sequences) as llama_semantic exports them on Triton's metrics endpoint."""
     url = f"http://{server.host}:{server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        metrics = response.read().decode()
+        gauges = read_gauges(response.read().decode())
     values = []
-    for name in ("fish_speech_lm_pending_requests", "fish_speech_lm_active_sequences"):
-        series = f'{name}{{instance="llama_semantic_0_0",model="llama_semantic"}}'
-        found = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
-        assert found, f"{series} is not exported"
-        values.append(int(float(found[1])))
+    for name in (PENDING, ACTIVE):
+        assert (name, "llama_semantic_0_0") in gauges, f"{name} of llama_semantic_0_0 is not exported"
+        values.append(int(gauges[(name, "llama_semantic_0_0")]))
     return values[0], values[1]
 
 

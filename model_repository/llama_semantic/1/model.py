@@ -14,6 +14,7 @@ from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import LmLevers
 from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.serving.engine import SemanticEngine, close_sink
+from fish_speech_triton.serving.lm_metrics import ACTIVE, DESCRIPTIONS, PENDING
 from fish_speech_triton.serving.references import ReferenceStore
 from fish_speech_triton.serving.semantic_requests import DEFAULT_MAX_TEXT_BYTES, SemanticInputs, build_request
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
@@ -101,10 +102,7 @@ class TritonPythonModel:
         labels = {"model": args["model_name"], "instance": args["model_instance_name"]}
         self._metric_families = [
             pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
-            for name, text in (
-                ("fish_speech_lm_pending_requests", "Requests waiting for a free KV-cache slot"),
-                ("fish_speech_lm_active_sequences", "Sequences decoded together in the current batch"),
-            )
+            for name, text in ((PENDING, DESCRIPTIONS[PENDING]), (ACTIVE, DESCRIPTIONS[ACTIVE]))
         ]
         self._pending_gauge, self._active_gauge = (
             family.Metric(labels=labels) for family in self._metric_families
