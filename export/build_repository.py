@@ -25,7 +25,7 @@ from py_compile import PycInvalidationMode
 
 from google.protobuf import text_encoding
 
-from export.codec_onnx import DEFAULT_OPSET, OPSETS
+from export.codec_onnx import DEFAULT_OPSET, add_opset_argument
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.codec.model import FireflyCodec
@@ -449,14 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the repository")
-    parser.add_argument(
-        "--opset",
-        type=int,
-        choices=OPSETS,
-        metavar="OPSET",
-        default=DEFAULT_OPSET,
-        help=f"ONNX opset of the codec graphs, {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})",
-    )
+    add_opset_argument(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX parity and LM load checks")
     return parser
 

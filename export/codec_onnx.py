@@ -70,6 +70,18 @@ class DecoderGraph(nn.Module):
         return self.codec.decode_window(codes.long(), context_frames).float()
 
 
+def add_opset_argument(parser: argparse.ArgumentParser) -> None:
+    """`--opset`, checked before any work (an opset the exporter lacks fails only after loading)."""
+    parser.add_argument(
+        "--opset",
+        type=int,
+        choices=OPSETS,
+        metavar="OPSET",
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset of the codec graphs, {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})",
+    )
+
+
 def _export(
     graph: nn.Module, args: tuple[Tensor, ...], path: Path, names: dict[str, dict[int, str]], opset: int
 ) -> Path:
@@ -256,14 +268,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     config.add_argument("--config-name", default="firefly_gan_vq", choices=sorted(NAMED_CONFIGS))
     config.add_argument("--config", type=Path, help="codec config JSON file instead of a named config")
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write the two .onnx files")
-    parser.add_argument(
-        "--opset",
-        type=int,
-        choices=OPSETS,
-        metavar="OPSET",
-        default=DEFAULT_OPSET,
-        help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})",
-    )
+    add_opset_argument(parser)
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument(
         "--fp16",
