@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import socket
 import struct
 import time
 
@@ -623,3 +625,44 @@ def test_a_busy_triton_is_503_with_retry_after_streaming_or_not(triton_deploymen
             response = post(busy, "/v1/tts", {"text": TEXT, **SHORT, "streaming": streaming})
             assert "busy: 4 requests already wait" in fish_error(response, 503)
             assert response.headers["retry-after"] == "1"
+
+
+def _raw(gateway, request: bytes, wait_s: float = 10.0) -> bytes:
+    """Send raw bytes and read what the server answers before it closes or `wait_s` passes."""
+    with socket.create_connection((gateway.host, gateway.port), timeout=wait_s) as connection:
+        connection.sendall(request)
+        answer = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := connection.recv(65536):
+                answer += chunk
+        return answer
+
+
+def test_stalled_bodies_idle_connections_and_oversized_decodes_are_bounded(triton_deployment):
+    with running_gateway(triton_deployment, body_timeout_s=0.5, max_connections=3) as gateway:
+        started = time.monotonic()
+        stalled = _raw(
+            gateway,
+            b"POST /v1/tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"te',
+        )
+        assert stalled.startswith(b"HTTP/1.1 408") and b"--body-timeout" in stalled
+        assert time.monotonic() - started < 5
+        idle = [socket.create_connection((gateway.host, gateway.port)) for _ in range(3)]
+        try:  # connections that send nothing: past the limit, a request is told 503 instead of waiting
+            assert _raw(gateway, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 503")
+        finally:
+            for connection in idle:
+                connection.close()
+        time.sleep(0.2)
+        assert post(gateway, "/v1/vqgan/decode", {"tokens": [[[1]] * 8]}).status_code == 200
+        too_big = httpx.post(
+            gateway.url + "/v1/vqgan/decode",
+            content=b'{"tokens": [' + b" " * (5 * 2**20) + b"]}",
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert "over 4 MB (the most /v1/vqgan/decode takes)" in fish_error(too_big, 413)
+        many = {"tokens": [[[1]] * 8] * (MAX_DECODE_REQUEST_FRAMES + 1)}
+        assert "frames in all" in fish_error(post(gateway, "/v1/vqgan/decode", many), 400)
+    assert gateway.server.config.timeout_graceful_shutdown == 30  # cut streams off 30 s after SIGTERM

@@ -1,5 +1,5 @@
 """python -m fish_speech_triton.gateway --listen 127.0.0.1:8080 --triton-url 127.0.0.1:8001 [--api-key KEY]
-    [--max-text-length N] [--references-dir DIR]
+    [--max-text-length N] [--references-dir DIR] [--max-connections N] [--body-timeout S] [...]
 
 Serves the original Fish-Speech HTTP API (/v1/tts, /v1/vqgan/*, /v1/health), OpenAI's /v1/audio/speech and
 the WebUI at / in front of a Triton server; see docs/http_api.md.

@@ -51,6 +51,9 @@ OPENAI_VOICES = frozenset(
 # /v1/vqgan/decode answers at most as much audio as /v1/vqgan/encode reads: a small body of codes would
 # otherwise ask for minutes of decoder time and an answer of hundreds of MB.
 MAX_DECODE_REQUEST_FRAMES = MAX_DECODE_SECONDS * CODEC_SAMPLE_RATE // SAMPLES_PER_FRAME
+# The most codes one decode request can hold (12,919 frames of 8 values) take ~0.5 MB as JSON: room for
+# spaces and any layout, without megabytes of tiny items to validate.
+DECODE_BODY_BYTES = 4 * 2**20
 NO_AUDIO = "No audio generated, please check the input text."  # the original's 500
 RETRY_AFTER = {"Retry-After": "1"}
 
@@ -119,7 +122,7 @@ async def health(request: Request) -> Response:
 async def tts(request: Request) -> Response:
     """The original `POST /v1/tts`."""
     payload, _ = await read_body(request)
-    tts_request = parse(TTSRequest, payload)
+    tts_request = await asyncio.to_thread(parse, TTSRequest, payload)  # base64 references
     if tts_request.streaming and tts_request.format != "wav":
         raise InputError(f"streaming only supports the wav format, got {tts_request.format!r}")
     return await _speak(request, tts_request)
@@ -148,7 +151,7 @@ async def speech(request: Request) -> Response:
 async def vqgan_encode(request: Request) -> Response:
     """`{audios: [file bytes]}` -> `{tokens: [[8][frames]]}` through `vqgan_encoder`."""
     payload, media = await read_body(request)
-    body = parse(EncodeRequest, payload)
+    body = await asyncio.to_thread(parse, EncodeRequest, payload)  # base64 audio
     synthesizer = _synthesizer(request)
     codes = await asyncio.gather(
         *(synthesizer.encode(data, f"audios[{index}]") for index, data in enumerate(body.audios))
@@ -156,9 +159,18 @@ async def vqgan_encode(request: Request) -> Response:
     return packed({"tokens": [item.tolist() for item in codes]}, media)
 
 
-async def vqgan_decode(request: Request) -> Response:
-    """`{tokens: [[8][frames]]}` -> `{audios: [float16 PCM bytes at 44.1 kHz]}` through `vqgan_decoder`."""
-    payload, media = await read_body(request)
+def _codes_to_decode(payload: dict) -> list[np.ndarray]:
+    """The checked `[8, frames]` arrays of a decode request. The frames are counted from the lists' lengths
+    first: a body of many tiny items costs its validation nothing when it asks for too much anyway."""
+    tokens = payload.get("tokens")
+    if isinstance(tokens, list):
+        _check_decode_frames(
+            sum(
+                len(item[0])
+                for item in tokens
+                if isinstance(item, list) and item and isinstance(item[0], list)
+            )
+        )
     body = parse(DecodeRequest, payload)
     codes = []
     for index, item in enumerate(body.tokens):
@@ -171,15 +183,30 @@ async def vqgan_decode(request: Request) -> Response:
                 f"tokens[{index}] must be [8][frames] integers with rows of equal length"
             ) from exc
         codes.append(validate_codes(array, f"tokens[{index}]"))
-    frames = sum(item.shape[1] for item in codes)
+    _check_decode_frames(sum(item.shape[1] for item in codes))
+    return codes
+
+
+def _check_decode_frames(frames: int) -> None:
     if frames > MAX_DECODE_REQUEST_FRAMES:
         raise InputError(
             f"tokens hold {frames} frames in all: at most {MAX_DECODE_REQUEST_FRAMES} "
             f"({MAX_DECODE_SECONDS} s of audio) are decoded per request"
         )
+
+
+async def vqgan_decode(request: Request) -> Response:
+    """`{tokens: [[8][frames]]}` -> `{audios: [float16 PCM bytes at 44.1 kHz]}` through `vqgan_decoder`.
+
+    Its body is bounded (DECODE_BODY_BYTES), and its checks and answer run off the event loop: other
+    requests go on while a large one is parsed."""
+    payload, media = await read_body(request, limit=DECODE_BODY_BYTES)
+    codes = await asyncio.to_thread(_codes_to_decode, payload)
     synthesizer = _synthesizer(request)
     audios = await asyncio.gather(*(synthesizer.decode(item) for item in codes))
-    return packed({"audios": [audio.astype(np.float16).tobytes() for audio in audios]}, media)
+    return await asyncio.to_thread(
+        packed, {"audios": [audio.astype(np.float16).tobytes() for audio in audios]}, media
+    )
 
 
 async def list_references(request: Request) -> Response:
@@ -246,6 +273,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             voices = ReferenceStore(settings.references_dir, _voices_are_encoded_by_triton)
         app.state.synthesizer = Synthesizer(backend, voices, settings.max_text_length)
         app.state.max_body_bytes = settings.max_body_mb * 2**20
+        app.state.body_timeout_s = settings.body_timeout_s
         try:
             yield
         finally:

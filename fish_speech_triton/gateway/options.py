@@ -21,6 +21,13 @@ class GatewaySettings:
     references_dir: Path | None = None  # the Triton server's references/ folder, to list and check voices
     # Web pages of these origins may call the API ("*": any, as the original allows; empty: none).
     cors_origins: tuple[str, ...] = ("*",)
+    # Open connections (idle ones included) beyond which a request gets 503 at once: many stalled clients
+    # make new ones wait for nothing less.
+    max_connections: int = 1000
+    # A request body that sends nothing for this long is answered 408 (its connection is then closed).
+    body_timeout_s: float = 30.0
+    # On SIGTERM, streams still running after this long are cut off (their Triton requests cancelled).
+    shutdown_timeout_s: int = 30
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +47,24 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse larger request bodies with 413 before reading them whole (default %(default)s MB)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=GatewaySettings.max_connections,
+        help="open connections, idle ones included, beyond which requests get 503 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=GatewaySettings.body_timeout_s,
+        help="seconds a request body may send nothing before a 408 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        default=GatewaySettings.shutdown_timeout_s,
+        help="seconds streams may run on after SIGTERM before they are cut off (default %(default)s)",
+    )
+    parser.add_argument(
         "--cors-origins",
         default=",".join(GatewaySettings.cors_origins),
         help="comma-separated origins whose web pages may call the API, like https://app.example.com "
@@ -57,4 +82,7 @@ def gateway_settings(
         max_body_mb=max(1, args.max_body_mb),
         references_dir=references_dir,
         cors_origins=tuple(origin.strip() for origin in args.cors_origins.split(",") if origin.strip()),
+        max_connections=max(1, args.max_connections),
+        body_timeout_s=max(0.1, args.body_timeout),
+        shutdown_timeout_s=max(0, args.shutdown_timeout),
     )

@@ -15,7 +15,15 @@ from fish_speech_triton.gateway.options import GatewaySettings
 def uvicorn_server(
     settings: GatewaySettings, host: str, port: int, log_level: str = "info"
 ) -> uvicorn.Server:
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level, lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
     return uvicorn.Server(config)
 
 

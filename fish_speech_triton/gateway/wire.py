@@ -6,6 +6,7 @@ the OpenAI endpoint as `{"error": {"message", "type", ...}}`, the shape OpenAI c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Mapping
@@ -28,29 +29,44 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _limited_body(request: Request, limit: int) -> bytes:
+async def _limited_body(request: Request, limit: int, idle_s: float, bound: str) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes (a client cannot make the
-    gateway hold an unbounded upload in memory)."""
+    gateway hold an unbounded upload in memory), and with 408 when nothing arrives for `idle_s` seconds
+    (nor hold a connection with a body that never comes)."""
 
     def too_large() -> HTTPException:
         return HTTPException(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"the request body is over {limit // 2**20} MB (the gateway's --max-body-mb)",
+            f"the request body is over {limit / 2**20:g} MB ({bound})",
         )
 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large()
     body = bytearray()
-    async for piece in request.stream():
+    pieces = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                piece = await anext(pieces)
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise HTTPException(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the request body sent nothing for {idle_s:g} s (the gateway's --body-timeout)",
+                headers={"Connection": "close"},  # the rest of that body would be read as a request
+            ) from None
         body += piece
         if len(body) > limit:
             raise too_large()
-    return bytes(body)
 
 
-async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[dict, str]:
-    """The request body as a dict, and its media type (answers go back in the same format)."""
+async def read_body(
+    request: Request, *, msgpack_allowed: bool = True, limit: int | None = None
+) -> tuple[dict, str]:
+    """The request body as a dict, and its media type (answers go back in the same format). `limit`: a
+    route's own, smaller bound on its body (bytes; default the gateway's --max-body-mb)."""
     media = media_type(request)
     allowed = (MSGPACK_TYPES if msgpack_allowed else frozenset()) | {JSON_TYPE}
     if media not in allowed:
@@ -58,7 +74,17 @@ async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[
         raise HTTPException(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be {names}, got {media or 'none'!r}"
         )
-    body = await _limited_body(request, request.app.state.max_body_bytes)
+    state = request.app.state
+    if limit is not None and limit < state.max_body_bytes:
+        body = await _limited_body(request, limit, state.body_timeout_s, f"the most {request.url.path} takes")
+    else:
+        body = await _limited_body(
+            request, state.max_body_bytes, state.body_timeout_s, "the gateway's --max-body-mb"
+        )
+    return await asyncio.to_thread(_decoded, body, media), media  # tens of MB parse for a while
+
+
+def _decoded(body: bytes, media: str) -> dict:
     try:
         payload = json.loads(body) if media == JSON_TYPE else msgpack.unpackb(body, raw=False)
     except (ValueError, RecursionError, msgpack.UnpackException) as exc:  # RecursionError: nested too deep
@@ -66,7 +92,7 @@ async def read_body(request: Request, *, msgpack_allowed: bool = True) -> tuple[
         raise InputError(f"the body is not valid {kind}: {str(exc) or type(exc).__name__}") from exc
     if not isinstance(payload, dict):
         raise InvalidBody(f"the body must be an object (a map), got {type(payload).__name__}")
-    return payload, media
+    return payload
 
 
 def _jsonable(value: object) -> object:
