@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from bench.workload import RequestRecord, RequestSpec
+from bench.workload import RequestRecord, RequestSpec, error_text
 from fish_speech_triton.codec.checkpoint import load_codec
 from fish_speech_triton.codec.config import load_codec_config
-from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.generation import SamplingParams
 from fish_speech_triton.lm.long_form import generate_long
@@ -74,8 +73,8 @@ class EagerBaseline:
                 self.worker, self.synthesize, spec.text, spec.seed
             )
             record.audio_seconds = audio.size / self.codec.sample_rate
-        except FishSpeechError as exc:
-            record.error = str(exc)
+        except Exception as exc:  # a failed request, counted as one: the run goes on
+            record.error = error_text(exc)
         record.finished = time.perf_counter()
         if record.error is None:
             record.first_audio_at = record.finished

@@ -1,14 +1,15 @@
 """Codec speed on the CPU: real-time factors of PyTorch eager and onnxruntime, same machine, same run.
 
     .venv/bin/python -m bench.codec_speed [--seconds 10] [--threads 2] [--repeats 5] [--checkpoint-path GEN.pth]
+        [--codec-config CODEC.json]
 
-Without --checkpoint-path, a random checkpoint of the full firefly_gan_vq architecture is written to a temporary
-directory (speed does not depend on the weights). RTF = compute time / audio duration (below 1: faster than
-real time). Rows: PyTorch float32, PyTorch bfloat16 autocast, onnxruntime CPU float32, and the int8 decoder
-of `--codec-precision int8` (`export.codec_int8`, decoder only); each the best of `--repeats` runs after one
-warm-up run (the best, not the median: on a shared machine other processes only ever add time). Also printed:
-how many codes equal the float32 PyTorch codes, and the decoded audio against PyTorch float32's: max |diff| and
-signal-to-noise ratio.
+The architecture is the full firefly_gan_vq one, or --codec-config's. Without --checkpoint-path, a random
+checkpoint of it is written to a temporary directory (speed does not depend on the weights). RTF = compute
+time / audio duration (below 1: faster than real time). Rows: PyTorch float32, PyTorch bfloat16 autocast,
+onnxruntime CPU float32, and the int8 decoder of `--codec-precision int8` (`export.codec_int8`, decoder
+only); each the best of `--repeats` runs after one warm-up run (the best, not the median: on a shared
+machine other processes only ever add time). Also printed: how many codes equal the float32 PyTorch codes,
+and the decoded audio against PyTorch float32's: max |diff| and signal-to-noise ratio.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.cli import int_range, positive_float
 from export.codec_int8 import snr_db
 from export.codec_onnx import (
     DECODER_FILE,
@@ -38,6 +40,7 @@ from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.hardware import cpu_has_native_bf16
+from fish_speech_triton.tools.cli import run_cli
 
 
 def ort_version() -> str:
@@ -58,19 +61,28 @@ def _best_seconds(run: Callable[[], object], repeats: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.codec_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio length (default 10 s)")
+    parser.add_argument("--seconds", type=positive_float, default=10.0, help="audio length (default 10 s)")
     parser.add_argument(
-        "--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)"
+        "--threads", type=int_range(1), default=2, help="intra-op threads for both runtimes (default 2)"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, best kept (default 5)")
-    parser.add_argument("--checkpoint-path", help="codec generator .pth (default: random, full architecture)")
+    parser.add_argument(
+        "--repeats", type=int_range(1), default=5, help="timed runs per row, best kept (default 5)"
+    )
+    parser.add_argument(
+        "--checkpoint-path", help="codec generator .pth (default: random weights of the architecture)"
+    )
+    parser.add_argument(
+        "--codec-config",
+        type=Path,
+        help="codec architecture from a JSON file (as --decoder-config elsewhere; default: firefly_gan_vq)",
+    )
     args = parser.parse_args(argv)
 
     start_load = os.getloadavg()[0]
+    config = load_codec_config(path=args.codec_config)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        config = load_codec_config()
         checkpoint = args.checkpoint_path or write_random_codec_checkpoint(work / "codec.pth", config)
         codec = load_codec(checkpoint, config)
         export_encoder(codec, work / ENCODER_FILE)
@@ -147,4 +159,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

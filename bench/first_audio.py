@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.server import CACHE_DIR, add_server_arguments, bench_checkpoint, describe_server, serving
+from bench.report import prepare_output_dir
+from bench.server import (
+    CACHE_DIR,
+    add_server_arguments,
+    bench_checkpoint,
+    describe_server,
+    serving,
+    warn_ignored_with_url,
+)
 from bench.workload import TEXTS
 from client.triton_stream import connect, stream
 from fish_speech_triton.audio import CODEC_SAMPLE_RATE, synthetic_speech
@@ -123,11 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="LM files + codec generator (+ codec.json) for --start-server. Default: a full-size random "
         f"checkpoint written once to {CACHE_DIR}",
     )
-    parser.add_argument("--references", type=int, default=10, help="new references, one request each")
     parser.add_argument(
-        "--reference-seconds", type=float, default=10.0, help="length of the first reference (+50 ms each)"
+        "--references", type=int, default=10, help="new references, one request each (default %(default)s)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="frames per request")
+    parser.add_argument(
+        "--reference-seconds",
+        type=float,
+        default=10.0,
+        help="length of the first reference (+50 ms each; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="frames per request (default %(default)s)"
+    )
     parser.add_argument(
         "--salt",
         type=int,
@@ -135,15 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="picks this run's set of references (default: a random one, so a server that earlier runs "
         "used has not heard them; give the printed salt to send the same references again)",
     )
-    parser.add_argument("--target-s", type=float, default=1.5, help="the time to first audio to count")
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("build") / "bench-first-audio", help="report (and repository)"
+        "--target-s",
+        type=float,
+        default=1.5,
+        help="count the requests whose first audio came within this many seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("build") / "bench-first-audio",
+        help="report (and repository; default %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.references < 1 or args.max_new_tokens < 1 or args.reference_seconds <= 0:
         raise FishSpeechError("--references, --max-new-tokens and --reference-seconds must be positive")
     if args.salt is None:
         args.salt = secrets.randbelow(1_000_000)
+    warn_ignored_with_url(parser, args, ("checkpoint_dir", "precision"))
+    prepare_output_dir(args.output_dir)
     print(f"[first-audio] references of salt {args.salt}", file=sys.stderr)
     checkpoint = bench_checkpoint(args.checkpoint_dir, "full") if args.start_server else None
     started = time.perf_counter()
@@ -156,17 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": time.perf_counter() - started,
         "load_average_at_end": os.getloadavg(),
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / "first_audio.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
     summary = report["new_reference"]
-    print(
+    print(  # before the file: a failed write still shows the result
         f"time to first audio, new {args.reference_seconds:g} s reference ({summary['count']} requests): "
         f"median {summary['median_s']:.3f} s, p90 {summary['p90_s']:.3f} s, "
         f"{summary['min_s']:.3f}-{summary['max_s']:.3f} s, {summary['at_most_target']} of "
         f"{summary['count']} at most {args.target_s:g} s; the same reference again "
-        f"{report['same_reference_again_s']:.3f} s"
+        f"{report['same_reference_again_s']:.3f} s",
+        flush=True,
     )
+    path = args.output_dir / "first_audio.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"[first-audio] wrote {path}", file=sys.stderr)
     return 0
 

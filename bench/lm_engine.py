@@ -4,9 +4,9 @@
         [--fast-decode] [--compile-decode] [--weight-quantization int4] [--semantic-head-only] [--check]
         [--pipeline] [--profile]
 
-Full-size random checkpoint (written once to --checkpoint-dir). The baseline is the faithful offline loop
-(`lm.generation.generate`, one request at a time, eager PyTorch); the engine runs `concurrency` requests at
-once in its KV-cache slots. Every request decodes exactly --frames frames (random weights rarely stop by
+The checkpoint in --checkpoint-dir, or a random full-size one written there once (see `bench.lm_speed`).
+The baseline is the faithful offline loop (`lm.generation.generate`, one request at a time, eager PyTorch);
+the engine runs `concurrency` requests at once in its KV-cache slots. Every request decodes exactly --frames frames (random weights rarely stop by
 themselves; max_new_tokens bounds them). Prints frames/s per stream, aggregate frames/s, audio seconds per
 wall second (21.53 frames = 1 s) and the ratios to the baseline measured in the same run. With --check it
 first verifies on the small test checkpoint that the fast path gives the faithful path's greedy codes.
@@ -27,8 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.lm_speed import PRECISIONS, TEXT, ensure_checkpoint
+from bench.cli import int_range
+from bench.lm_speed import (
+    PRECISIONS,
+    TEXT,
+    add_checkpoint_argument,
+    describe_checkpoint,
+    ensure_checkpoint,
+    synchronize,
+)
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.lm.checkpoint import load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import SamplingParams, generate
@@ -42,13 +51,9 @@ from fish_speech_triton.serving.engine import (
     generate_codes,
 )
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
+from fish_speech_triton.tools.cli import run_cli
 
 FRAMES_PER_SECOND = 44100 / 2048
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def baseline_fps(model, tokenizer, device: str, frames: int) -> float:
@@ -237,12 +242,24 @@ def check_parity(device: str, fast_decode: bool, levers: LmLevers, compile_decod
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lm_engine", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("artifacts/bench/lm-full-random"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="bf16")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    add_checkpoint_argument(parser)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="bf16", help="LM weights (default %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int_range(1),
+        nargs="+",
+        default=[1, 8],
+        help="requests at once, one run each (default 1 8)",
+    )
+    parser.add_argument(
+        "--frames", type=int_range(1), default=64, help="frames per request (default %(default)s)"
+    )
+    parser.add_argument(
+        "--threads", type=int_range(0), default=2, help="intra-op threads, 0: all cores (default %(default)s)"
+    )
     parser.add_argument(
         "--fast-decode", action="store_true", help="engine's static all-slots step (a CUDA graph on a GPU)"
     )
@@ -267,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile and not args.device.startswith("cuda"):
         parser.error("--profile counts GPU kernels: it needs --device cuda")
+    if args.compile_decode and not args.fast_decode:
+        parser.error("--compile-decode compiles the fast decode step: it needs --fast-decode")
+    torch_device(args.device)
     levers = levers_from_args(args)
     # Compute runs on worker threads (the baseline's ends before the engine's starts): serving.threads.
     threads = keep_main_thread_serial(args.threads)
@@ -276,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     checkpoint = ensure_checkpoint(args.checkpoint_dir)
     print(
-        f"DualAR full size, random weights, {args.device}, {args.precision}, {threads} threads, "
+        f"{describe_checkpoint(checkpoint)}, {args.device}, {args.precision}, {threads} threads, "
         f"{args.frames} frames per request; load average {os.getloadavg()[0]:.2f}"
     )
 
@@ -328,4 +348,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

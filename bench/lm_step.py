@@ -3,8 +3,8 @@
     python -m bench.lm_step [--runtimes torch onnxruntime onnxruntime-batched] [--rows 1 8] [--rounds 3]
         [--cached 100] [--steps 6] [--threads 2]
 
-Full-size random checkpoint (written once to --checkpoint-dir), bf16, int4 weights and the semantic-only
-head on every model. Each runtime (`torch`, `onnxruntime`, `onnxruntime-batched`: the value of both
+The checkpoint in --checkpoint-dir, or a random full-size one written there once (see `bench.lm_speed`);
+bf16, int4 weights and the semantic-only head on every model. Each runtime (`torch`, `onnxruntime`, `onnxruntime-batched`: the value of both
 `fast_transformer_runtime` and `slow_transformer_runtime`) gets its own model; each row holds --cached
 positions. Then, round after round, every runtime runs --steps decode steps of each row count in turn
 (alternating, so that this machine's drift hits them all alike) and prints the medians: `forward_slow`, then
@@ -19,16 +19,17 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.lm_speed import ensure_checkpoint
+from bench.cli import int_range
+from bench.lm_speed import add_checkpoint_argument, checkpoint_config, describe_checkpoint, ensure_checkpoint
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import RUNTIMES, LmLevers
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread, step_threads
+from fish_speech_triton.tools.cli import run_cli
 
 
 def levers_for(runtime: str) -> LmLevers:
@@ -67,20 +68,53 @@ def step_times(model: DualARTransformer, rows: int, start: int, steps: int) -> t
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lm_step", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("artifacts/bench/lm-full-random"))
-    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6, help="decode steps per runtime, row count and round")
-    parser.add_argument("--cached", type=int, default=100, help="positions already in each row's cache")
-    parser.add_argument("--threads", type=int, default=2)
+    add_checkpoint_argument(parser)
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=list(RUNTIMES),
+        help="the runtimes to compare (default: all)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int_range(1),
+        nargs="+",
+        default=[1, 8],
+        help="decode batch sizes (default 1 8)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int_range(1),
+        default=3,
+        help="rounds over the runtimes and row counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int_range(1),
+        default=6,
+        help="decode steps per runtime, row count and round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cached",
+        type=int_range(1),
+        default=100,
+        help="positions already in each row's cache (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int_range(0), default=2, help="intra-op threads, 0: all cores (default %(default)s)"
+    )
     args = parser.parse_args(argv)
-    if min(args.rows) < 1 or args.rounds < 1 or args.steps < 1 or args.cached < 1:
-        parser.error("--rows, --rounds, --steps and --cached must be positive")
+    budget = args.cached + args.rounds * len(args.rows) * args.steps
+    max_seq_len = checkpoint_config(args.checkpoint_dir).max_seq_len
+    if budget > max_seq_len:
+        parser.error(
+            f"--cached {args.cached} positions and {args.rounds} rounds x {len(args.rows)} row counts x "
+            f"{args.steps} steps need {budget} positions per row; the model holds {max_seq_len}"
+        )
     threads = keep_main_thread_serial(args.threads)
     checkpoint = ensure_checkpoint(args.checkpoint_dir)
     slots = max(args.rows)
-    budget = args.cached + args.rounds * len(args.rows) * args.steps
 
     def load(runtime: str) -> DualARTransformer:
         model, tokenizer = load_lm(checkpoint, dtype=torch.bfloat16)
@@ -98,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"loading {levers_for(runtime).describe()}", file=sys.stderr, flush=True)
             models[runtime] = load(runtime)
         print(
-            f"bf16, {threads} threads, {args.cached} cached positions per row; median of {args.steps} steps"
+            f"{describe_checkpoint(checkpoint)}, bf16, {threads} threads, {args.cached} cached positions per "
+            f"row; median of {args.steps} steps"
         )
         print(
             "| round | runtimes (fast and slow) | rows | slow pass (ms) | 8 fast positions (ms) | step (ms) |"
@@ -122,4 +157,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -26,12 +26,21 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from bench.cli import int_range
 from bench.lm_speed import PRECISIONS
-from bench.report import markdown_table, write_reports
-from bench.server import CACHE_DIR, add_server_arguments, bench_checkpoint, describe_server, serving
+from bench.report import markdown_table, prepare_output_dir, write_reports
+from bench.server import (
+    CACHE_DIR,
+    add_server_arguments,
+    bench_checkpoint,
+    describe_server,
+    serving,
+    warn_ignored_with_url,
+)
 from bench.stats import ratios, summarize
 from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from fish_speech_triton.errors import FishSpeechError
+from fish_speech_triton.serving.semantic_requests import MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
 from fish_speech_triton.serving.threads import keep_main_thread_serial
 from fish_speech_triton.tools.cli import run_cli
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint
@@ -62,7 +71,9 @@ class Plan:
 
 async def sweep(target: Target, plan: Plan) -> list[LevelRun]:
     print(f"[bench] {target.name}: warm-up request", file=sys.stderr, flush=True)
-    await target.run(WARMUP)
+    warmup = await target.run(WARMUP)
+    if warmup.error is not None:  # every request would fail alike: stop, rather than report a table of them
+        raise FishSpeechError(f"{target.name}: the warm-up request failed: {warmup.error}")
     return [await run_level(target, c, request_specs(c * plan.rounds)) for c in plan.levels]
 
 
@@ -142,25 +153,34 @@ def build_report(settings: dict, ours: list[LevelRun], baseline: list[LevelRun])
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    add_server_arguments(parser)
+    add_server_arguments(parser, baseline=True)
     parser.add_argument(
         "--checkpoint-dir",
         type=Path,
-        help="LM files + codec generator (+ codec.json); the server at --url must serve the same. "
-        f"Default: a random checkpoint written once to {CACHE_DIR} (full size; small with --quick)",
+        help="LM files + codec generator (+ codec.json) for the baseline and --start-server; the server at "
+        f"--url must serve the same. Default: a random checkpoint written once to {CACHE_DIR} (full size; "
+        "small with --quick)",
     )
     parser.add_argument(
         "--concurrency", help=f"levels (default {FULL['concurrency']}; --quick {QUICK['concurrency']})"
     )
     parser.add_argument(
-        "--rounds", type=int, default=1, help="requests per client per level (level c sends c x rounds)"
+        "--rounds",
+        type=int,
+        default=1,
+        help="requests per client per level (level c sends c x rounds; default %(default)s)",
     )
     parser.add_argument(
         "--max-new-tokens",
         type=int,
         help=f"frames per request, both runs (default {FULL['max_new_tokens']}; --quick {QUICK['max_new_tokens']})",
     )
-    parser.add_argument("--chunk-length", type=int, default=200, help="text segment length, both runs")
+    parser.add_argument(
+        "--chunk-length",
+        type=int_range(MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH),
+        default=200,
+        help=f"text segment length ({MIN_CHUNK_LENGTH} to {MAX_CHUNK_LENGTH}), both runs (default %(default)s)",
+    )
     parser.add_argument(
         "--kv-slots", type=int, help="with --start-server: LM slots (default: the largest level)"
     )
@@ -169,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="a small run: levels 1,2, 8 frames, small checkpoint"
     )
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("build") / "bench", help="reports (and the repository)"
+        "--output-dir",
+        type=Path,
+        default=Path("build") / "bench",
+        help="reports (and the repository; default %(default)s)",
     )
     args = parser.parse_args(argv)
     threads = keep_main_thread_serial()  # this process's compute is the baseline's, on its worker thread
@@ -182,14 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if plan.rounds < 1 or plan.max_new_tokens < 1:
         raise FishSpeechError("--rounds and --max-new-tokens must be at least 1")
-    checkpoint = bench_checkpoint(args.checkpoint_dir, preset["size"])
     if args.kv_slots is not None and args.kv_slots < 1:
         raise FishSpeechError("--kv-slots must be at least 1")
+    warn_ignored_with_url(
+        parser, args, ("kv_slots", *(("checkpoint_dir", "precision") if args.no_baseline else ()))
+    )
+    prepare_output_dir(args.output_dir)
+    # Only the baseline and a server started here load the checkpoint: --url --no-baseline writes none.
+    needs_checkpoint = args.start_server or not args.no_baseline
+    checkpoint = bench_checkpoint(args.checkpoint_dir, preset["size"]) if needs_checkpoint else None
     kv_slots = args.kv_slots or max(plan.levels)
+    kind = "given" if args.checkpoint_dir else f"random {preset['size']}"
     settings = {
         "command": " ".join(["python -m bench.load", *(argv if argv is not None else sys.argv[1:])]),
-        "checkpoint": str(checkpoint.lm_dir),
-        "checkpoint_kind": "given" if args.checkpoint_dir else f"random {preset['size']}",
+        "checkpoint": str(checkpoint.lm_dir) if checkpoint else args.url,
+        "checkpoint_kind": kind if checkpoint else "the server's",
         **asdict(plan),
         "server": describe_server(args, kv_slots),
         "baseline_precision": args.precision,
@@ -199,16 +229,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_start": os.getloadavg(),  # the machine may be shared: other work skews both runs
     }
     started = time.perf_counter()
+
+    def report(ours: list[LevelRun], baseline: list[LevelRun]) -> dict:
+        settings["duration_s"] = time.perf_counter() - started
+        settings["load_average_at_end"] = os.getloadavg()
+        return build_report(settings, ours, baseline)
+
     with serving(args, checkpoint, kv_slots) as url:
         if not args.start_server and not args.no_baseline:
             warn_if_other_checkpoint(url, checkpoint, args.precision)
         ours = asyncio.run(sweep_ours(url, plan))
-    baseline = [] if args.no_baseline else sweep_baseline(checkpoint, plan, args.precision, threads)
-    settings["duration_s"] = time.perf_counter() - started
-    settings["load_average_at_end"] = os.getloadavg()
-    report = build_report(settings, ours, baseline)
-    paths = write_reports(report, args.output_dir)
-    print(markdown_table(report))
+    baseline = []
+    if not args.no_baseline:
+        # The baseline's run is long: ours' results are saved first, so that its failure or a Ctrl-C keeps them.
+        paths = write_reports(report(ours, []), args.output_dir)
+        print(f"[bench] wrote ours' results to {paths[0]}; now the baseline", file=sys.stderr, flush=True)
+        baseline = sweep_baseline(checkpoint, plan, args.precision, threads)
+    final = report(ours, baseline)
+    print(markdown_table(final), flush=True)  # before the files: a failed write still shows the results
+    paths = write_reports(final, args.output_dir)
     print(
         f"[bench] wrote {', '.join(str(p) for p in paths)} in {settings['duration_s']:.0f} s", file=sys.stderr
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
+
+from fish_speech_triton.errors import InputError
 
 TABLE_COLUMNS = (
     ("TTFA p50", "ttfa_p50_s"),
@@ -90,6 +93,17 @@ def plot(report: dict, path: Path) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def prepare_output_dir(output_dir: Path) -> Path:
+    """Make `output_dir` and try a file in it: a benchmark fails here, not after its measurement."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write the reports to {output_dir}: {exc.strerror or exc}") from exc
+    return output_dir
 
 
 def write_reports(report: dict, output_dir: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from bench.lm_speed import PRECISIONS
 from client.triton_stream import DEFAULT_URL
 from export.build_repository import add_process_arguments
 from fish_speech_triton.errors import FishSpeechError
-from fish_speech_triton.hub import CODEC_FILE
+from fish_speech_triton.hub import CODEC_FILE, LM_FILES
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
 from fish_speech_triton.tools.make_random_checkpoint import (
     CODEC_CONFIG_FILE,
@@ -25,8 +25,10 @@ from fish_speech_triton.tools.make_random_checkpoint import (
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fish-speech-triton"
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """--url or --start-server, and the started server's LM precision, levers and process options."""
+def add_server_arguments(parser: argparse.ArgumentParser, baseline: bool = False) -> None:
+    """--url or --start-server, and the started server's LM precision, levers and process options.
+
+    `baseline`: the tool also runs a baseline in this process, at --precision."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--url", default=DEFAULT_URL, help=f"a running server's gRPC address (default {DEFAULT_URL})"
@@ -38,15 +40,37 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=sorted(PRECISIONS),
         default="bf16",
-        help="LM precision (of the server started here, and of a baseline run in this process; default "
-        "bf16, the original's default)",
+        help="LM precision of the server started here"
+        + (" and of the baseline run in this process" if baseline else "")
+        + " (default bf16, the original's default)",
     )
-    add_lever_arguments(parser)  # the server's only: a baseline is the faithful model
-    server = parser.add_argument_group("with --start-server, its deployment options (default: the builder's)")
-    add_process_arguments(server)
-    server.add_argument(
-        "--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first"
+    _add_deployment_arguments(
+        parser.add_argument_group("with --start-server, its deployment options (default: the builder's)")
     )
+
+
+def _add_deployment_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    add_lever_arguments(group)  # the server's only: a baseline is the faithful model
+    add_process_arguments(group)
+    group.add_argument("--stream-chunk-frames", type=int, default=32, help="frames per chunk after the first")
+
+
+def warn_ignored_with_url(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, others: tuple = ()
+) -> None:
+    """With --url the running server's own settings apply: say once which options given here it ignores
+    (the deployment options, and the tool's `others`, named by their dest)."""
+    if args.start_server:
+        return
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_deployment_arguments(probe)
+    dests = [*vars(probe.parse_args([])), *others]
+    ignored = [f"--{d.replace('_', '-')}" for d in dests if getattr(args, d) != parser.get_default(d)]
+    if ignored:
+        print(
+            f"[bench] WARNING: the server at {args.url} runs with its own settings; ignored: {', '.join(ignored)}",
+            file=sys.stderr,
+        )
 
 
 def describe_server(args: argparse.Namespace, kv_slots: int) -> str:
@@ -65,9 +89,10 @@ def bench_checkpoint(directory: Path | None, size: str) -> RandomCheckpoint:
     """The checkpoint in `directory` (LM files + codec generator [+ codec.json]), or a cached random one."""
     if directory is None:
         return write_random_checkpoint(CACHE_DIR / f"random-{size}", size)
-    if not (directory / CODEC_FILE).is_file():
+    missing = [name for name in (*LM_FILES, CODEC_FILE) if not (directory / name).is_file()]
+    if missing:
         raise FishSpeechError(
-            f"{directory} has no {CODEC_FILE}: give a directory with the LM and codec files"
+            f"{directory} has no {', '.join(missing)}: give a directory with the LM and codec files"
         )
     config = directory / CODEC_CONFIG_FILE
     return RandomCheckpoint(directory, directory / CODEC_FILE, config if config.is_file() else None)

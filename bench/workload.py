@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fish_speech_triton.errors import FishSpeechError, first_line
+
 # One segment each (< 100 UTF-8 bytes, under any chunk length used here), of similar length.
 TEXTS = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -61,6 +63,11 @@ class RequestRecord:
     @property
     def latency(self) -> float:
         return self.finished - self.started
+
+
+def error_text(exc: Exception) -> str:
+    """A failed request's error as its record keeps it: ours by its message, any other with its type."""
+    return str(exc) if isinstance(exc, FishSpeechError) else first_line(exc)
 
 
 class Target(Protocol):

@@ -7,6 +7,7 @@ the running interpreter's libpython and venv, and start the binary as a child pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -134,12 +135,24 @@ class TritonServer:
         ]
 
     def start(self, timeout_s: float = 300.0) -> TritonServer:
-        cmd = self.command()
-        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (lives as long as the process)
-        self.process = subprocess.Popen(  # noqa: S603
-            cmd, env=server_environment(), stdout=out, stderr=subprocess.STDOUT if out else None
-        )
-        self.wait_ready(timeout_s)
+        """Start tritonserver and wait until it is ready; on any failure or interruption (Ctrl-C while it
+        loads) the server is stopped and the scratch directory removed before the exception goes on."""
+        try:
+            cmd = self.command()
+            out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (lives as long as the process)
+            # A session of its own: a terminal's Ctrl-C goes to this process only, which then stops the
+            # server with its Python backend stubs (stubs that get the SIGINT themselves stay behind).
+            self.process = subprocess.Popen(  # noqa: S603
+                cmd,
+                env=server_environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+            )
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def is_ready(self) -> bool:
@@ -170,14 +183,24 @@ class TritonServer:
             # SIGTERM, not SIGINT: a background job of a non-interactive shell starts with SIGINT ignored,
             # and the child inherits that. tritonserver shuts down gracefully on either.
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self._wait_unreaped(timeout_s)
+            # Then its whole process group (its own session, see start): what is left of it, a server past
+            # timeout_s or the backend stubs of models still loading when it was stopped (they outlive the
+            # server, 330 MB and more each). Before the server is reaped: until then its pid names the group.
+            with contextlib.suppress(ProcessLookupError):  # none left
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+    def _wait_unreaped(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the server to exit, leaving it unreaped (a zombie)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        while os.waitid(os.P_PID, self.process.pid, flags) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self

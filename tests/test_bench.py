@@ -1,21 +1,29 @@
 """bench.load: the statistics, the reports, and a tiny run of ours against the baseline on a real tritonserver;
-bench.first_audio against the same server; bench.lm_step on a small checkpoint."""
+bench.first_audio against the same server; bench.lm_step and bench.lm_speed on a small checkpoint; every
+tool's checks of its arguments, before it writes or loads a checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import first_audio, lm_engine, lm_step, load
+from bench import codec_speed, first_audio, lm_engine, lm_speed, lm_step, load
 from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
 from bench.workload import TEXTS, LevelRun, Progress, RequestRecord, RequestSpec, request_specs, run_level
+from fish_speech_triton.errors import FishSpeechError, InputError
+from fish_speech_triton.hub import CODEC_FILE, LM_FILES
 from fish_speech_triton.lm.levers import RUNTIMES
 from fish_speech_triton.tools.cli import run_cli
 
@@ -157,3 +165,320 @@ def test_lm_engine_profile_needs_a_gpu(capsys):
         lm_engine.main(["--profile", "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "--profile counts GPU kernels: it needs --device cuda" in capsys.readouterr().err
+
+
+# --- checkpoints of the in-process LM tools ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_writer(monkeypatch):
+    """The LM tools' random checkpoint, small (a full-size one is 1.3 GB); the directories it wrote."""
+    from fish_speech_triton.lm.checkpoint import write_random_lm_checkpoint
+    from fish_speech_triton.lm.config import DualARConfig
+
+    written = []
+
+    def write(directory, config, **kwargs):
+        written.append(Path(directory))
+        return write_random_lm_checkpoint(directory, DualARConfig.small(), **kwargs)
+
+    monkeypatch.setattr(lm_speed, "write_random_lm_checkpoint", write)
+    return written
+
+
+def test_a_real_checkpoint_is_measured_as_it_is_and_said_so(
+    lm_small_checkpoint, lm_single_thread, small_writer, tmp_path, capsys
+):
+    real = tmp_path / "real"
+    shutil.copytree(lm_small_checkpoint, real)  # a downloaded checkpoint: its LM files, no marker of ours
+    before = {f.name: f.read_bytes() for f in real.iterdir()}
+    args = ["--checkpoint-dir", str(real), "--frames", "3", "--warmup", "1", "--threads", "1"]
+    assert run_cli(lm_speed.main, [*args, "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert f"DualAR 3+2 layers, dim 128, the checkpoint's weights ({real}), cpu" in out
+    assert "random" not in out and small_writer == []
+    assert {f.name: f.read_bytes() for f in real.iterdir()} == before
+    decode = float(out.split("decode ")[1].split(" frames/s")[0])
+    assert decode > 0  # the prefill is timed inside the timed run
+
+
+def test_a_random_checkpoint_goes_only_into_a_new_empty_or_own_directory(small_writer, tmp_path):
+    new = tmp_path / "new"
+    assert lm_speed.ensure_checkpoint(new) == new and small_writer == [new]
+    assert "random weights" in lm_speed.describe_checkpoint(new)
+    lm_speed.ensure_checkpoint(new)
+    assert small_writer == [new]  # written once
+    (new / lm_speed.DONE_MARKER).write_text(lm_speed.WRITING)  # a write of ours that was interrupted
+    lm_speed.ensure_checkpoint(new)
+    assert small_writer == [new, new]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    lm_speed.ensure_checkpoint(empty)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.pth").write_text("real weights, the rest of the files not yet downloaded")
+    with pytest.raises(InputError, match="holds no LM checkpoint"):
+        lm_speed.ensure_checkpoint(other)
+    assert small_writer == [new, new, empty]
+    assert (other / "model.pth").read_text().startswith("real weights")
+
+
+# --- arguments: checked before anything is written or loaded, errors in one line ------------------------------------
+
+
+@pytest.fixture
+def nothing_loaded(monkeypatch):
+    """Writing or loading a checkpoint fails the test: every argument is checked before."""
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a checkpoint was written or loaded before the arguments were checked")
+
+    for module in (lm_speed, lm_engine, lm_step):
+        monkeypatch.setattr(module, "load_lm", loaded)
+    monkeypatch.setattr(lm_speed, "write_random_lm_checkpoint", loaded)
+    monkeypatch.setattr(codec_speed, "load_codec_config", loaded)
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "message"),
+    [
+        (lm_speed, ["--frames", "1"], "argument --frames: must be at least 2, got 1"),
+        (lm_speed, ["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+        (lm_speed, ["--warmup", "0"], "argument --warmup: must be at least 1, got 0"),
+        (lm_engine, ["--concurrency", "1", "0"], "argument --concurrency: must be at least 1, got 0"),
+        (lm_engine, ["--frames", "-3"], "argument --frames: must be at least 1, got -3"),
+        (lm_engine, ["--threads", "-1"], "argument --threads: must be at least 0, got -1"),
+        (
+            lm_engine,
+            ["--compile-decode"],
+            "--compile-decode compiles the fast decode step: it needs --fast-decode",
+        ),
+        (lm_step, ["--rows", "0"], "argument --rows: must be at least 1, got 0"),
+        (lm_step, ["--threads", "-2"], "argument --threads: must be at least 0, got -2"),
+        (lm_step, ["--cached", "1000"], "need 1036 positions per row; the model holds 1024"),
+        (codec_speed, ["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+        (codec_speed, ["--seconds", "0"], "argument --seconds: must be positive, got 0"),
+        (codec_speed, ["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    ],
+)
+def test_numbers_are_checked_before_anything_is_loaded(
+    tool, args, message, nothing_loaded, lm_small_checkpoint, tmp_path, capsys
+):
+    checkpoint = tmp_path / "lm"  # a small one of ours (max_seq_len 1024)
+    shutil.copytree(lm_small_checkpoint, checkpoint)
+    (checkpoint / lm_speed.DONE_MARKER).touch()
+    where = [] if tool is codec_speed else ["--checkpoint-dir", str(checkpoint)]
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([*where, *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_device_is_one_line_before_anything_is_loaded(nothing_loaded, tmp_path, capsys):
+    for tool in (lm_speed, lm_engine):
+        assert run_cli(tool.main, ["--device", "gpu", "--checkpoint-dir", str(tmp_path / "none")]) == 2
+        assert capsys.readouterr().err.strip() == "error: unknown device 'gpu': use cpu, cuda or cuda:N"
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_tools_run_from_the_command_line_report_errors_in_one_line(lm_small_checkpoint, tmp_path):
+    ours = tmp_path / "ours"  # a checkpoint of ours, as the old tools took it: no checkpoint is written
+    shutil.copytree(lm_small_checkpoint, ours)
+    (ours / lm_speed.DONE_MARKER).touch()
+    broken = tmp_path / "broken"
+    shutil.copytree(ours, broken)
+    (broken / "config.json").write_text("{")
+    commands = {
+        "lm_speed": ["--device", "gpu", "--checkpoint-dir", str(ours)],
+        "lm_engine": ["--device", "gpu", "--checkpoint-dir", str(ours)],
+        "lm_step": ["--checkpoint-dir", str(broken)],
+        "codec_speed": ["--checkpoint-path", str(tmp_path / "missing.pth")],
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FISH_SPEECH_TRITON_DEBUG", None)
+    runs = {
+        tool: subprocess.Popen(
+            [sys.executable, "-m", f"bench.{tool}", *args],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tool, args in commands.items()
+    }
+    for tool, process in runs.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2 and "Traceback" not in err, (tool, err)
+        assert err.strip().splitlines()[-1].startswith("error: "), (tool, err)
+
+
+def test_help_says_the_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside the texts looked for
+    for tool, expected in (
+        (lm_speed, "(default artifacts/bench/lm-full-random)"),
+        (lm_engine, "frames per request (default 64)"),
+        (lm_step, "positions already in each row's cache (default 100)"),
+        (load, "text segment length (100 to 1000), both runs (default 200)"),
+        (first_audio, "frames per request (default 32)"),
+    ):
+        with pytest.raises(SystemExit):
+            tool.main(["--help"])
+        assert expected in capsys.readouterr().out, tool.__name__
+    with pytest.raises(SystemExit):
+        first_audio.main(["--help"])
+    assert "baseline" not in capsys.readouterr().out  # it runs none
+
+
+def test_codec_speed_takes_a_codec_config(codec_small_config_file, capsys):
+    args = ["--codec-config", str(codec_small_config_file), "--seconds", "0.5", "--repeats", "1"]
+    assert codec_speed.main([*args, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "0.5 s of audio (" in out and "onnxruntime CPU int8 decoder" in out
+
+
+# --- bench.load and bench.first_audio: checked up front, results kept --------------------------------------------------
+
+
+def fake_checkpoint(directory: Path, files=(*LM_FILES, CODEC_FILE)) -> Path:
+    directory.mkdir()
+    for name in files:
+        (directory / name).write_text("")
+    return directory
+
+
+def test_load_checks_the_checkpoint_s_lm_files_and_the_output_directory_first(tmp_path, capsys):
+    codec_only = fake_checkpoint(tmp_path / "codec-only", files=(CODEC_FILE,))
+    args = ["--url", "127.0.0.1:1", "--quick", "--output-dir", str(tmp_path / "out")]
+    assert run_cli(load.main, [*args, "--checkpoint-dir", str(codec_only)]) == 2
+    assert "has no config.json, model.pth, tokenizer.tiktoken, special_tokens.json" in capsys.readouterr().err
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    for tool, extra in ((load, ["--no-baseline"]), (first_audio, [])):
+        args = ["--url", "127.0.0.1:1", "--quick" if tool is load else "--references=1", *extra]
+        assert run_cli(tool.main, [*args, "--output-dir", str(not_a_directory / "out")]) == 2
+        assert f"cannot write the reports to {not_a_directory / 'out'}" in capsys.readouterr().err
+
+
+def test_load_saves_ours_before_the_baseline_and_prints_before_writing(tmp_path, monkeypatch, capsys):
+    async def ours(url, plan):
+        return [LevelRun("ours", 1, 1.0, [record(0, 0.5, 1.0)])]
+
+    def broken_baseline(*args):
+        raise FishSpeechError("the baseline broke")
+
+    monkeypatch.setattr(load, "sweep_ours", ours)
+    monkeypatch.setattr(load, "sweep_baseline", broken_baseline)
+    monkeypatch.setattr(load, "warn_if_other_checkpoint", lambda *args: None)
+    checkpoint = fake_checkpoint(tmp_path / "ck")
+    out = tmp_path / "out"
+    args = ["--url", "127.0.0.1:1", "--checkpoint-dir", str(checkpoint), "--concurrency", "1", "--quick"]
+    assert run_cli(load.main, [*args, "--output-dir", str(out)]) == 2
+    assert "error: the baseline broke" in capsys.readouterr().err
+    report = json.loads((out / "bench.json").read_text())
+    assert report["levels"][0]["ours"]["requests"] == 1 and "baseline" not in report["levels"][0]
+
+    writes = []
+
+    def full_disk(report, output_dir):
+        writes.append(report)
+        if len(writes) == 2:  # the final report
+            raise OSError("No space left on device")
+        return [output_dir / "bench.json"]
+
+    monkeypatch.setattr(
+        load, "sweep_baseline", lambda *args: [LevelRun("baseline", 1, 2.0, [record(0, 2, 2)])]
+    )
+    monkeypatch.setattr(load, "write_reports", full_disk)
+    assert run_cli(load.main, [*args, "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "| 1 | ours / baseline |" in captured.out and "No space left on device" in captured.err
+
+
+def test_first_audio_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys):
+    summary = {"median_s": 1.0, "p90_s": 1.0, "min_s": 1.0, "max_s": 1.0, "at_most_target": 1, "count": 1}
+    result = {"requests": [], "new_reference": summary, "same_reference_again_s": 0.5}
+    monkeypatch.setattr(first_audio, "run", lambda url, args: dict(result))
+
+    def full_disk(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(first_audio.Path, "write_text", full_disk)
+    args = ["--url", "127.0.0.1:1", "--references", "1", "--output-dir", str(tmp_path)]
+    assert run_cli(first_audio.main, args) == 2
+    captured = capsys.readouterr()
+    assert "time to first audio, new 10 s reference (1 requests): median 1.000 s" in captured.out
+    assert "error: disk full" in captured.err
+
+
+def test_url_runs_say_which_options_they_ignore_and_write_no_checkpoint(tmp_path, monkeypatch, capsys):
+    def written(*args):
+        raise AssertionError("a random checkpoint was written")
+
+    monkeypatch.setattr("bench.server.write_random_checkpoint", written)
+    args = [
+        "--url",
+        "127.0.0.1:1",
+        "--kv-slots",
+        "3",
+        "--weight-quantization",
+        "int4",
+        "--codec-threads",
+        "1",
+    ]
+    out = ["--output-dir", str(tmp_path)]
+    assert run_cli(load.main, [*args, "--quick", "--no-baseline", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "no Triton server reachable at 127.0.0.1:1" in err
+    assert "ignored: --weight-quantization, --codec-threads, --kv-slots" in err
+    args = ["--url", "127.0.0.1:1", "--checkpoint-dir", str(tmp_path), "--precision", "fp32", *out]
+    assert run_cli(first_audio.main, [*args, "--references", "1"]) == 2
+    assert "ignored: --checkpoint-dir, --precision" in capsys.readouterr().err
+
+
+# --- bench.load: bad chunk lengths and failed requests ----------------------------------------------------------------
+
+
+def test_chunk_length_is_checked_at_start_up(capsys):
+    for value in ("0", "99", "1001"):
+        with pytest.raises(SystemExit) as exit_info:
+            load.main(["--chunk-length", value, "--quick", "--url", "127.0.0.1:1"])
+        assert exit_info.value.code == 2
+        assert f"argument --chunk-length: must be from 100 to 1000, got {value}" in capsys.readouterr().err
+
+
+def test_a_failed_warm_up_stops_the_run():
+    class Refused:
+        name = "ours"
+
+        async def run(self, spec: RequestSpec) -> RequestRecord:
+            return record(spec.index, 0, 0, error="refused: CHUNK_LENGTH must be in [100, 1000], got 0")
+
+    plan = load.Plan(levels=[1], rounds=1, max_new_tokens=8, chunk_length=0)
+    with pytest.raises(FishSpeechError, match="ours: the warm-up request failed: refused: CHUNK_LENGTH"):
+        asyncio.run(load.sweep(Refused(), plan))
+
+
+def test_any_exception_of_a_request_is_recorded_as_its_failure(monkeypatch):
+    from bench.baseline import EagerBaseline
+    from bench.triton_target import TritonTarget
+
+    def split_text(*args):
+        raise ValueError("chunk_length must be positive, got 0")
+
+    baseline = object.__new__(EagerBaseline)  # its model is not needed: synthesis fails
+    baseline.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    baseline.synthesize = split_text
+    try:
+        failed = asyncio.run(baseline.run(RequestSpec(0, TEXTS[0], 1)))
+    finally:
+        baseline.close()
+    assert failed.error == "ValueError: chunk_length must be positive, got 0" and failed.ttfa is None
+
+    async def stream_async(*args):
+        raise RuntimeError("the stream broke")
+        yield
+
+    monkeypatch.setattr("bench.triton_target.stream_async", stream_async)
+    failed = asyncio.run(TritonTarget(None, 8, 200).run(RequestSpec(0, TEXTS[0], 1)))
+    assert failed.error == "RuntimeError: the stream broke" and failed.ttfa is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,3 +122,64 @@ def test_random_checkpoints_never_overwrite_real_weights_nor_pass_half_written(t
     assert (ours / "model.pth").read_bytes() != first
     random_checkpoint.write_random_checkpoint(ours, seed=0)  # rewritten, not taken as done
     assert (ours / "model.pth").read_bytes() == first
+
+
+def test_an_interrupted_start_stops_tritonserver_and_removes_its_scratch_directory(tmp_path, monkeypatch):
+    from fish_speech_triton.triton_server import TritonServer
+
+    seen = {}
+
+    def interrupted(self, timeout_s):  # Ctrl-C while the models load
+        seen.update(process=self.process, scratch=self._scratch, group=os.getpgid(self.process.pid))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TritonServer, "wait_ready", interrupted)
+    (tmp_path / "repo").mkdir()
+    server = TritonServer(tmp_path / "repo", log_file=tmp_path / "tritonserver.log")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start()
+        assert seen["process"].poll() is not None, "tritonserver still runs"
+        assert not seen["scratch"].exists()
+        assert seen["group"] == seen["process"].pid  # its own group: a terminal's Ctrl-C reaches only us
+    finally:
+        if seen and seen["process"].poll() is None:
+            seen["process"].kill()
+            seen["process"].wait()
+        if seen:
+            shutil.rmtree(seen["scratch"], ignore_errors=True)
+
+
+@pytest.mark.parametrize("server_on_sigterm", ["exits", "stays"])
+def test_stop_leaves_nothing_of_the_server_s_process_group(tmp_path, server_on_sigterm):
+    from fish_speech_triton.triton_server import TritonServer
+
+    # A server with a child of its own that stays after a SIGTERM, as the Python backend stub of a model
+    # still loading does; the server itself exits on SIGTERM, or ignores it too.
+    trap = "trap '' TERM; " if server_on_sigterm == "stays" else ""
+    server = TritonServer(tmp_path)
+    server.process = subprocess.Popen(
+        ["sh", "-c", f"{trap}(trap '' TERM; exec sleep 120) & echo $! > child; wait"],
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    while not (tmp_path / "child").is_file() or not (tmp_path / "child").read_text().strip():
+        time.sleep(0.05)
+    child = int((tmp_path / "child").read_text())
+
+    def running(pid: int) -> bool:  # a zombie is gone: only its parent's wait is left
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    try:
+        server.stop(timeout_s=1)
+        assert server.process.poll() is not None
+        deadline = time.monotonic() + 10
+        while running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(child), "the server's child outlived it"
+    finally:
+        if running(child):
+            os.kill(child, signal.SIGKILL)
