@@ -23,7 +23,7 @@ import torch
 from bench.cli import int_range
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.hardware import torch_device
-from fish_speech_triton.hub import LM_FILES
+from fish_speech_triton.hub import LM_FILES, missing_files
 from fish_speech_triton.lm import generation
 from fish_speech_triton.lm.checkpoint import CONFIG_FILE, load_lm, write_random_lm_checkpoint
 from fish_speech_triton.lm.config import DualARConfig
@@ -55,7 +55,7 @@ def ensure_checkpoint(directory: Path) -> Path:
     if marker.exists() and marker.read_text() != WRITING:
         return directory
     if not marker.exists():
-        if all((directory / name).is_file() for name in LM_FILES):
+        if not missing_files(directory, LM_FILES):
             return directory  # a real (e.g. downloaded) checkpoint
         if directory.exists() and any(directory.iterdir()):
             raise InputError(

@@ -14,7 +14,7 @@ from bench.lm_speed import PRECISIONS
 from client.triton_stream import DEFAULT_URL
 from export.build_repository import add_process_arguments
 from fish_speech_triton.errors import FishSpeechError
-from fish_speech_triton.hub import CODEC_FILE, LM_FILES
+from fish_speech_triton.hub import CODEC_FILE, missing_files
 from fish_speech_triton.lm.levers import add_lever_arguments, levers_from_args
 from fish_speech_triton.tools.make_random_checkpoint import (
     CODEC_CONFIG_FILE,
@@ -89,7 +89,7 @@ def bench_checkpoint(directory: Path | None, size: str) -> RandomCheckpoint:
     """The checkpoint in `directory` (LM files + codec generator [+ codec.json]), or a cached random one."""
     if directory is None:
         return write_random_checkpoint(CACHE_DIR / f"random-{size}", size)
-    missing = [name for name in (*LM_FILES, CODEC_FILE) if not (directory / name).is_file()]
+    missing = missing_files(directory)
     if missing:
         raise FishSpeechError(
             f"{directory} has no {', '.join(missing)}: give a directory with the LM and codec files"

@@ -38,10 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fish_speech_triton.code_digest import builder_digest, file_stamps
-from fish_speech_triton.hub import CODEC_FILE, DEFAULT_REPO_ID, LM_FILES
+from fish_speech_triton.hub import CHECKPOINT_FILES, CODEC_FILE, DEFAULT_REPO_ID, missing_files
 from fish_speech_triton.serving.lm_metrics import read_gauges
 
-CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)
 DEVICES = ("cuda", "cpu")
 PRECISIONS = ("bf16", "fp16", "fp32")
 EXIT_CONFIG = 2  # a setting or a missing checkpoint: the log line says what to change
@@ -133,10 +132,6 @@ def log(message: str) -> None:
     print(f"[entrypoint] {message}", file=sys.stderr, flush=True)
 
 
-def missing_checkpoint_files(checkpoint_dir: Path) -> list[str]:
-    return [name for name in CHECKPOINT_FILES if not (checkpoint_dir / name).is_file()]
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock file, so replicas sharing one volume download once, one after another."""
@@ -161,7 +156,7 @@ Downloader = Callable[[str, str | None, Path, Sequence[str]], None]
 
 def ensure_checkpoint(settings: Settings, download: Downloader = _hf_download) -> None:
     ckpt = settings.checkpoint_dir
-    missing = missing_checkpoint_files(ckpt)
+    missing = missing_files(ckpt)
     if not missing:
         log(f"checkpoint present: {ckpt}")
         return
@@ -178,7 +173,7 @@ def ensure_checkpoint(settings: Settings, download: Downloader = _hf_download) -
         ckpt.mkdir(parents=True, exist_ok=True)
         lock = ckpt / ".fish-speech-download.lock"
         with _exclusive(lock):
-            missing = missing_checkpoint_files(ckpt)  # another replica may have finished meanwhile
+            missing = missing_files(ckpt)  # another replica may have finished meanwhile
             if missing:
                 log(f"downloading {', '.join(missing)} from {settings.hf_repo_id} into {ckpt}")
                 download(settings.hf_repo_id, settings.hf_revision, ckpt, missing)
@@ -188,7 +183,7 @@ def ensure_checkpoint(settings: Settings, download: Downloader = _hf_download) -
         raise EntrypointError(
             f"downloading the checkpoint failed ({exc.__class__.__name__}: {exc}); {how}"
         ) from exc
-    missing = missing_checkpoint_files(ckpt)
+    missing = missing_files(ckpt)
     if missing:
         raise EntrypointError(f"still missing after the download: {', '.join(missing)}; {how}")
 

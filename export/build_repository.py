@@ -31,7 +31,7 @@ from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.codec.model import FireflyCodec
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.hardware import default_lm_precision
-from fish_speech_triton.hub import LM_FILES, resolve_checkpoint, resolve_codec_checkpoint
+from fish_speech_triton.hub import LM_FILES, missing_files, resolve_checkpoint, resolve_codec_checkpoint
 from fish_speech_triton.lm.levers import LmLevers, add_lever_arguments, levers_from_args
 from fish_speech_triton.serving.codec_runtime import MAX_STREAM_CHUNK_FRAMES
 from fish_speech_triton.tools.cli import run_cli
@@ -232,8 +232,16 @@ def verify_lm(opts: RepositoryOptions) -> None:
 
 def _ours(folder: Path) -> bool:
     """Whether `folder` is missing, empty or holds only what a build writes: the builder replaces it."""
-    return not folder.exists() or (
-        folder.is_dir() and all(entry.name in BUILT_ENTRIES for entry in folder.iterdir())
+    return not folder.exists() or (folder.is_dir() and not _foreign(folder))
+
+
+def _foreign(folder: Path) -> list[str]:
+    """What `folder` holds that no build wrote (a volume's own lost+found aside)."""
+    volume = os.path.ismount(folder)
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name not in BUILT_ENTRIES and not (volume and entry.name == "lost+found")
     )
 
 
@@ -252,12 +260,15 @@ def _output_dir(opts: RepositoryOptions) -> Path:
     if final.exists() and not final.is_dir():
         raise FishSpeechError(f"--output-dir {opts.output_dir} is a file, not a folder")
     if not _ours(final):
-        others = sorted(e.name for e in final.iterdir() if e.name not in BUILT_ENTRIES)
+        others = _foreign(final)
         raise FishSpeechError(
             f"--output-dir {opts.output_dir} holds files a build did not write ({', '.join(others[:5])}"
             f"{', ...' if len(others) > 5 else ''}); the build replaces the whole folder: give an empty or "
             "new one"
         )
+    for sibling in (final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")):
+        if not _ours(sibling):  # the build stages and swaps through them: refused now, not after the export
+            raise FishSpeechError(f"{sibling} holds files a build did not write: move it away first")
     references = default_references_dir(opts).resolve()
     if references.is_relative_to(final):
         raise FishSpeechError(
@@ -275,6 +286,8 @@ def _empty(folder: Path) -> None:
     if not _ours(folder):
         raise FishSpeechError(f"{folder} holds files a build did not write: move it away first")
     for entry in folder.iterdir():
+        if entry.name == "lost+found":  # a volume's own (`_foreign`)
+            continue
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
@@ -291,7 +304,7 @@ def build_repository(opts: RepositoryOptions) -> Path:
     if opts.verify:
         verify_lm(opts)
     else:
-        missing = [name for name in LM_FILES if not (opts.llama_checkpoint / name).is_file()]
+        missing = missing_files(opts.llama_checkpoint, LM_FILES)
         if missing:
             raise FishSpeechError(f"LM checkpoint {opts.llama_checkpoint} lacks {', '.join(missing)}")
     in_place = os.path.ismount(final)

@@ -10,6 +10,12 @@ from fish_speech_triton.errors import CheckpointError
 DEFAULT_REPO_ID = "fishaudio/fish-speech-1.5"
 LM_FILES = ("config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json")
 CODEC_FILE = "firefly-gan-vq-fsq-8x1024-21hz-generator.pth"
+CHECKPOINT_FILES = (*LM_FILES, CODEC_FILE)  # the published repository's files that this project reads
+
+
+def missing_files(directory: Path, names: tuple[str, ...] = CHECKPOINT_FILES) -> list[str]:
+    """Which of `names` `directory` lacks (all of them when it is no folder)."""
+    return [name for name in names if not (directory / name).is_file()]
 
 
 def _looks_like_repo_id(value: str) -> bool:

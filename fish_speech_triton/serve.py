@@ -67,7 +67,7 @@ def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
 
 
 def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM (kill, Kubernetes, a script's trap) both stop the server cleanly.
+    """Ctrl-C, SIGTERM (kill, Kubernetes, a script's trap) and SIGHUP all stop the server cleanly.
 
     A background job of a non-interactive shell starts with SIGINT ignored; restore it, and turn SIGTERM
     into the same KeyboardInterrupt so that tritonserver is stopped on the way out.
@@ -78,6 +78,9 @@ def _stop_on_signals() -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
+    # A closed terminal or SSH session: tritonserver runs in a session of its own (TritonServer.start), so
+    # the hang-up reaches only this process, which must then stop it.
+    signal.signal(signal.SIGHUP, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_signals()
     api_address = parse_listen(args.api_listen, "--api-listen") if args.api_listen else None
 
-    if args.demo and (args.llama_checkpoint_path or args.decoder_checkpoint_path):
+    if args.demo and (args.llama_checkpoint_path or args.decoder_checkpoint_path or args.decoder_config):
         raise FishSpeechError(
-            "--demo serves a random checkpoint of its own: drop it, or drop the checkpoint paths"
+            "--demo serves a random checkpoint of its own: drop it, or drop the checkpoint paths and "
+            "--decoder-config"
         )
     if args.demo:
         from fish_speech_triton.tools.make_random_checkpoint import write_random_checkpoint

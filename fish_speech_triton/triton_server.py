@@ -179,14 +179,16 @@ class TritonServer:
         return self.process.wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # SIGTERM, not SIGINT: a background job of a non-interactive shell starts with SIGINT ignored,
-            # and the child inherits that. tritonserver shuts down gracefully on either.
-            self.process.send_signal(signal.SIGTERM)
-            self._wait_unreaped(timeout_s)
+        if self.process is not None:
+            if self.process.poll() is None:
+                # SIGTERM, not SIGINT: a background job of a non-interactive shell starts with SIGINT
+                # ignored, and the child inherits that. tritonserver shuts down gracefully on either.
+                self.process.send_signal(signal.SIGTERM)
+                self._wait_unreaped(timeout_s)
             # Then its whole process group (its own session, see start): what is left of it, a server past
-            # timeout_s or the backend stubs of models still loading when it was stopped (they outlive the
-            # server, 330 MB and more each). Before the server is reaped: until then its pid names the group.
+            # timeout_s or the backend stubs of models still loading when it stopped or was stopped (they
+            # outlive the server, 330 MB and more each). The group's id stays reserved while a member
+            # lives, so it cannot name another group even once the server is reaped.
             with contextlib.suppress(ProcessLookupError):  # none left
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

@@ -261,6 +261,16 @@ def test_only_an_empty_folder_or_a_former_build_is_replaced(tmp_path, triton_che
         build_repository_module.build_repository(small_options(triton_checkpoint, Path(".")))
     with pytest.raises(FishSpeechError, match="is the root folder"):
         build_repository_module.build_repository(small_options(triton_checkpoint, Path("/")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fresh.old").mkdir()
+    (tmp_path / "fresh.old" / "mine.txt").write_text("kept")  # where the build would swap: refused first
+    loaded = []
+    monkeypatch.setattr(build_repository_module, "load_codec_checkpoint", lambda opts: loaded.append(opts))
+    with pytest.raises(FishSpeechError, match="fresh.old holds files a build did not write"):
+        build_repository_module.build_repository(small_options(triton_checkpoint, tmp_path / "fresh"))
+    assert not loaded and (tmp_path / "fresh.old" / "mine.txt").read_text() == "kept"
+    monkeypatch.undo()
+    monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
     # a former build, and serve's stamp in it, are replaced whole: nothing of the old one survives
     repo = tmp_path / "repo"
     build_repository_module.build_repository(small_options(triton_checkpoint, repo))
@@ -270,7 +280,7 @@ def test_only_an_empty_folder_or_a_former_build_is_replaced(tmp_path, triton_che
     assert not (repo / "build_info.json").exists()
     assert not (repo / "vqgan_decoder" / "1" / "vqgan_decoder_int8.onnx").exists()
     assert parameter((repo / "llama_semantic" / "config.pbtxt").read_text(), "kv_slots") == "3"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["references", "repo", "userdata"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.old", "references", "repo", "userdata"]
 
 
 def test_a_mounted_output_is_emptied_before_it_is_built_in_place(tmp_path, triton_checkpoint, monkeypatch):
@@ -278,7 +288,9 @@ def test_a_mounted_output_is_emptied_before_it_is_built_in_place(tmp_path, trito
     repo = tmp_path / "volume"
     monkeypatch.setattr(build_repository_module.os.path, "ismount", lambda path: Path(path) == repo)
     monkeypatch.setattr(build_repository_module, "export_codec", lambda opts, codec: None)
+    (repo / "lost+found").mkdir(parents=True)  # a fresh ext4 volume's own: neither refused nor removed
     build_repository_module.build_repository(small_options(triton_checkpoint, repo))
+    assert (repo / "lost+found").is_dir()
     (repo / "build_info.json").write_text("{}")  # serve's stamp of that build
 
     def interrupted(opts, codec):

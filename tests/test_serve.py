@@ -150,22 +150,26 @@ def test_an_interrupted_start_stops_tritonserver_and_removes_its_scratch_directo
             shutil.rmtree(seen["scratch"], ignore_errors=True)
 
 
-@pytest.mark.parametrize("server_on_sigterm", ["exits", "stays"])
+@pytest.mark.parametrize("server_on_sigterm", ["exits", "stays", "exited-before"])
 def test_stop_leaves_nothing_of_the_server_s_process_group(tmp_path, server_on_sigterm):
     from fish_speech_triton.triton_server import TritonServer
 
     # A server with a child of its own that stays after a SIGTERM, as the Python backend stub of a model
-    # still loading does; the server itself exits on SIGTERM, or ignores it too.
+    # still loading does; the server itself exits on SIGTERM, ignores it too, or has exited (and been
+    # reaped, as serve's wait does) before stop() is called.
     trap = "trap '' TERM; " if server_on_sigterm == "stays" else ""
+    wait = "" if server_on_sigterm == "exited-before" else "wait"
     server = TritonServer(tmp_path)
     server.process = subprocess.Popen(
-        ["sh", "-c", f"{trap}(trap '' TERM; exec sleep 120) & echo $! > child; wait"],
+        ["sh", "-c", f"{trap}(trap '' TERM; exec sleep 120) & echo $! > child; {wait}"],
         cwd=tmp_path,
         start_new_session=True,
     )
     while not (tmp_path / "child").is_file() or not (tmp_path / "child").read_text().strip():
         time.sleep(0.05)
     child = int((tmp_path / "child").read_text())
+    if server_on_sigterm == "exited-before":
+        server.process.wait()
 
     def running(pid: int) -> bool:  # a zombie is gone: only its parent's wait is left
         try:
@@ -183,3 +187,19 @@ def test_stop_leaves_nothing_of_the_server_s_process_group(tmp_path, server_on_s
     finally:
         if running(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_hang_up_stops_serve_like_sigterm():
+    """tritonserver runs in a session of its own: a closed terminal's SIGHUP reaches only serve, which must
+    then stop it (on the way out of a KeyboardInterrupt) rather than die and leave it running."""
+    code = (
+        "import os, signal\n"
+        "from fish_speech_triton.serve import _stop_on_signals\n"
+        "_stop_on_signals()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopping the server')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "stopping the server" in done.stdout, done.stderr

@@ -34,6 +34,7 @@ class GatewayThread:
         self, settings: GatewaySettings, host: str = "127.0.0.1", port: int = 0, log_level: str = "info"
     ):
         self.host = host
+        self.shutdown_timeout_s = settings.shutdown_timeout_s
         self.server = uvicorn_server(settings, host, port, log_level)
         self.thread = threading.Thread(target=self.server.run, name="fish-speech-gateway", daemon=True)
         self.port = port
@@ -53,10 +54,11 @@ class GatewayThread:
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self) -> None:
+        """Stop taking requests; streams still running get the settings' shutdown_timeout_s to end."""
         self.server.should_exit = True
         if self.thread.is_alive():
-            self.thread.join(timeout_s)
+            self.thread.join(self.shutdown_timeout_s + 5)
 
     def __enter__(self) -> GatewayThread:
         return self.start()

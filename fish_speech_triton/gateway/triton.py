@@ -5,6 +5,7 @@ concurrently on the server's in-flight batching. Errors arrive as `ServerError` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Iterable, Mapping
 
 import numpy as np
@@ -14,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from client.triton_aio import failure, stream_async
 from client.triton_stream import STREAM_SILENCE_S, make_input
 
-# A health check waits this long for each of Triton's answers: a probe must not hang on a stuck server.
+# A health check waits this long for Triton's answers: a probe must not hang on a stuck server.
 READY_TIMEOUT_S = 2.0
 
 
@@ -37,13 +38,16 @@ class TritonBackend:
     async def not_ready(self, models: Iterable[str]) -> str | None:
         """Why requests cannot run now (Triton unreachable or not ready, a model not ready), or None."""
         try:
-            if not await self.client.is_server_ready(client_timeout=READY_TIMEOUT_S):
-                return f"the Triton server at {self.url} is not ready"
-            for model in models:
-                if not await self.client.is_model_ready(model, client_timeout=READY_TIMEOUT_S):
-                    return f"model {model!r} is not ready on the Triton server at {self.url}"
+            async with asyncio.timeout(READY_TIMEOUT_S):  # all the checks together
+                if not await self.client.is_server_ready(client_timeout=READY_TIMEOUT_S):
+                    return f"the Triton server at {self.url} is not ready"
+                for model in models:
+                    if not await self.client.is_model_ready(model, client_timeout=READY_TIMEOUT_S):
+                        return f"model {model!r} is not ready on the Triton server at {self.url}"
         except InferenceServerException as exc:
             return f"no Triton server reachable at {self.url} (gRPC): {exc.message()}"
+        except TimeoutError:
+            return f"the Triton server at {self.url} did not answer within {READY_TIMEOUT_S:g} s"
         return None
 
     def stream(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fish_speech_triton.errors import InputError
-from fish_speech_triton.hub import CODEC_FILE, LM_FILES
+from fish_speech_triton.hub import CHECKPOINT_FILES, CODEC_FILE, missing_files
 from fish_speech_triton.tools.cli import run_cli
 
 CODEC_CONFIG_FILE = "codec.json"
@@ -47,7 +47,7 @@ def write_random_checkpoint(output_dir: Path, size: str = "small", seed: int = 0
     if done.exists() and done.read_text() == f"{size} {seed}":
         return RandomCheckpoint(output_dir, codec_path, codec_config_path)
     if not done.exists():  # not written by this tool: refuse to write random weights over real ones
-        present = [name for name in (*LM_FILES, CODEC_FILE) if (output_dir / name).exists()]
+        present = [name for name in CHECKPOINT_FILES if name not in missing_files(output_dir)]
         if present:
             raise InputError(
                 f"{output_dir} already holds {', '.join(present)}, not written by this tool: give another "
