@@ -108,7 +108,9 @@ def serving(args: argparse.Namespace, checkpoint: RandomCheckpoint | None, kv_sl
         raise ValueError("starting a server needs a checkpoint")
     from export.build_repository import RepositoryOptions
     from fish_speech_triton.serve import ensure_repository
-    from fish_speech_triton.triton_server import TritonServer
+    from fish_speech_triton.triton_server import TritonServer, stop_on_signals
+
+    stop_on_signals()  # a closed terminal too: the server runs in a session of its own
 
     opts = RepositoryOptions(
         llama_checkpoint=checkpoint.lm_dir,

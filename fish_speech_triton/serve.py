@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from fish_speech_triton.code_digest import builder_digest, file_stamps
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.gateway.options import add_gateway_arguments, gateway_settings
 from fish_speech_triton.tools.cli import run_cli
-from fish_speech_triton.triton_server import TritonServer
+from fish_speech_triton.triton_server import TritonServer, stop_on_signals
 
 DEMO_DIR = Path("checkpoints") / "random-small"
 
@@ -66,23 +65,6 @@ def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
     return host, int(port)
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C, SIGTERM (kill, Kubernetes, a script's trap) and SIGHUP all stop the server cleanly.
-
-    A background job of a non-interactive shell starts with SIGINT ignored; restore it, and turn SIGTERM
-    into the same KeyboardInterrupt so that tritonserver is stopped on the way out.
-    """
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    # A closed terminal or SSH session: tritonserver runs in a session of its own (TritonServer.start), so
-    # the hang-up reaches only this process, which must then stop it.
-    signal.signal(signal.SIGHUP, interrupt)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fish_speech_triton.serve",
@@ -107,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_gateway_arguments(parser)
     args = parser.parse_args(argv)
-    _stop_on_signals()
+    stop_on_signals()
     api_address = parse_listen(args.api_listen, "--api-listen") if args.api_listen else None
 
     if args.demo and (args.llama_checkpoint_path or args.decoder_checkpoint_path or args.decoder_config):

@@ -209,3 +209,21 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_on_signals() -> None:
+    """For a command that runs a TritonServer: Ctrl-C, SIGTERM (kill, Kubernetes, a script's trap) and SIGHUP
+    all raise KeyboardInterrupt, on the way out of which the server is stopped cleanly.
+
+    A background job of a non-interactive shell starts with SIGINT ignored; restore it, and turn SIGTERM
+    into the same KeyboardInterrupt so that tritonserver is stopped on the way out.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    # A closed terminal or SSH session: tritonserver runs in a session of its own (TritonServer.start), so
+    # the hang-up reaches only this process, which must then stop it.
+    signal.signal(signal.SIGHUP, interrupt)

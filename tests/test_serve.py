@@ -194,8 +194,8 @@ def test_a_hang_up_stops_serve_like_sigterm():
     then stop it (on the way out of a KeyboardInterrupt) rather than die and leave it running."""
     code = (
         "import os, signal\n"
-        "from fish_speech_triton.serve import _stop_on_signals\n"
-        "_stop_on_signals()\n"
+        "from fish_speech_triton.triton_server import stop_on_signals\n"
+        "stop_on_signals()\n"
         "try:\n"
         "    os.kill(os.getpid(), signal.SIGHUP)\n"
         "except KeyboardInterrupt:\n"
