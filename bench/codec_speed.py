@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import int_range, positive_float
 from export.codec_int8 import snr_db
 from export.codec_onnx import (
     DECODER_FILE,
@@ -40,7 +39,7 @@ from fish_speech_triton.audio import synthetic_speech
 from fish_speech_triton.codec.checkpoint import load_codec, write_random_codec_checkpoint
 from fish_speech_triton.codec.config import load_codec_config
 from fish_speech_triton.hardware import cpu_has_native_bf16
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_range, positive_float, run_cli
 
 
 def ort_version() -> str:

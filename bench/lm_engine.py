@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import int_range
 from bench.lm_speed import (
     PRECISIONS,
     TEXT,
@@ -51,7 +50,7 @@ from fish_speech_triton.serving.engine import (
     generate_codes,
 )
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_range, run_cli
 
 FRAMES_PER_SECOND = 44100 / 2048
 

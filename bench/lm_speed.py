@@ -20,7 +20,6 @@ from unittest import mock
 
 import torch
 
-from bench.cli import int_range
 from fish_speech_triton.errors import InputError
 from fish_speech_triton.hardware import torch_device
 from fish_speech_triton.hub import LM_FILES, missing_files
@@ -29,7 +28,7 @@ from fish_speech_triton.lm.checkpoint import CONFIG_FILE, load_lm, write_random_
 from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import Generation, SamplingParams, generate, prefill
 from fish_speech_triton.lm.prompt import PromptBuilder
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_range, run_cli
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT = "Fish speech turns text into natural sounding speech, one frame at a time."

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.cli import int_range
 from bench.lm_speed import add_checkpoint_argument, checkpoint_config, describe_checkpoint, ensure_checkpoint
 from fish_speech_triton.lm.checkpoint import load_lm
 from fish_speech_triton.lm.levers import RUNTIMES, LmLevers
 from fish_speech_triton.lm.model import DualARTransformer
 from fish_speech_triton.serving.threads import keep_main_thread_serial, run_on_worker_thread, step_threads
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_range, run_cli
 
 
 def levers_for(runtime: str) -> LmLevers:

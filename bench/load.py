@@ -26,7 +26,6 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from bench.cli import int_range
 from bench.lm_speed import PRECISIONS
 from bench.report import markdown_table, prepare_output_dir, write_reports
 from bench.server import (
@@ -42,7 +41,7 @@ from bench.workload import WARMUP, LevelRun, Target, request_specs, run_level
 from fish_speech_triton.errors import FishSpeechError
 from fish_speech_triton.serving.semantic_requests import MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
 from fish_speech_triton.serving.threads import keep_main_thread_serial
-from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.cli import int_range, run_cli
 from fish_speech_triton.tools.make_random_checkpoint import RandomCheckpoint
 
 FULL = {"concurrency": "1,2,4,8,16", "max_new_tokens": 64, "size": "full"}

@@ -29,15 +29,40 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_USER_ERROR
 
 
-def int_type(bits: int) -> Callable[[str], int]:
-    """An argparse type for a signed `bits`-bit integer input: a larger value is an error, never wrapped."""
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+def _bounded_int(
+    low: int | None, high: int | None, name: str, refusal: Callable[[int], str]
+) -> Callable[[str], int]:
+    """An argparse type for an integer in [low, high] (None: unbounded), refused with `refusal(value)`."""
 
     def parse(text: str) -> int:
         value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} does not fit a signed {bits}-bit integer")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(refusal(value))
         return value
 
-    parse.__name__ = f"int{bits}"  # argparse names the type in its "invalid int32 value" message
+    parse.__name__ = name  # argparse names the type in its "invalid int32 value" message
     return parse
+
+
+def int_type(bits: int) -> Callable[[str], int]:
+    """An argparse type for a signed `bits`-bit integer input: a larger value is an error, never wrapped."""
+    return _bounded_int(
+        -(2 ** (bits - 1)),
+        2 ** (bits - 1) - 1,
+        f"int{bits}",
+        lambda value: f"{value} does not fit a signed {bits}-bit integer",
+    )
+
+
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type for an integer of at least `low` (and at most `high`, when given): checked when the
+    command line is read, so a bad value costs a usage line, not minutes of loading and a traceback."""
+    bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+    return _bounded_int(low, high, "integer", lambda value: f"must be {bounds}, got {value}")
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
