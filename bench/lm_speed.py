@@ -29,11 +29,10 @@ from fish_speech_triton.lm.config import DualARConfig
 from fish_speech_triton.lm.generation import Generation, SamplingParams, generate, prefill
 from fish_speech_triton.lm.prompt import PromptBuilder
 from fish_speech_triton.tools.cli import int_range, run_cli
+from fish_speech_triton.tools.make_random_checkpoint import WRITING, random_label, writing_random
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT = "Fish speech turns text into natural sounding speech, one frame at a time."
-DONE_MARKER = ".complete"  # a random checkpoint of ours; while it says WRITING, a write that may have stopped
-WRITING = "writing"
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/bench/lm-full-random")
 
 
@@ -50,10 +49,10 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 def ensure_checkpoint(directory: Path) -> Path:
     """`directory` as the LM checkpoint to measure. A random full-size one is written only into a missing or
     empty directory or one this tool wrote before: never over a real checkpoint, nor into another folder."""
-    marker = directory / DONE_MARKER
-    if marker.exists() and marker.read_text() != WRITING:
+    label = random_label(directory)
+    if label is not None and label != WRITING:
         return directory
-    if not marker.exists():
+    if label is None:
         if not missing_files(directory, LM_FILES):
             return directory  # a real (e.g. downloaded) checkpoint
         if directory.exists() and any(directory.iterdir()):
@@ -63,9 +62,8 @@ def ensure_checkpoint(directory: Path) -> Path:
             )
     print(f"writing a random full-size checkpoint to {directory}", file=sys.stderr, flush=True)
     directory.mkdir(parents=True, exist_ok=True)
-    marker.write_text(WRITING)  # an interrupted write is rewritten next time, never measured
-    write_random_lm_checkpoint(directory, DualARConfig.full_size())
-    marker.write_text("random full size")
+    with writing_random(directory, "random full size"):
+        write_random_lm_checkpoint(directory, DualARConfig.full_size())
     return directory
 
 
@@ -82,7 +80,7 @@ def describe_checkpoint(directory: Path) -> str:
         size = "full size"
     else:
         size = f"{config.n_layer}+{config.n_fast_layer} layers, dim {config.dim}"
-    weights = "random weights" if (directory / DONE_MARKER).exists() else "the checkpoint's weights"
+    weights = "the checkpoint's weights" if random_label(directory) is None else "random weights"
     return f"DualAR {size}, {weights} ({directory})"
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from bench import codec_speed, first_audio, lm_engine, lm_speed, lm_step, load
-from bench.lm_speed import DONE_MARKER
 from bench.report import markdown_table
 from bench.stats import ratios, summarize
 from bench.workload import TEXTS, LevelRun, Progress, RequestRecord, RequestSpec, request_specs, run_level
@@ -26,6 +25,7 @@ from fish_speech_triton.errors import FishSpeechError, InputError
 from fish_speech_triton.hub import CODEC_FILE, LM_FILES
 from fish_speech_triton.lm.levers import RUNTIMES
 from fish_speech_triton.tools.cli import run_cli
+from fish_speech_triton.tools.make_random_checkpoint import RANDOM_MARKER, WRITING
 
 
 def record(
@@ -152,7 +152,7 @@ def test_first_audio_sends_new_references_then_one_again(triton_deployment, tmp_
 def test_lm_step_times_every_runtime_and_row_count(lm_small_checkpoint, lm_single_thread, tmp_path, capsys):
     checkpoint = tmp_path / "lm"
     shutil.copytree(lm_small_checkpoint, checkpoint)
-    (checkpoint / DONE_MARKER).touch()  # a small checkpoint where the benchmark writes a full-size one
+    (checkpoint / RANDOM_MARKER).touch()  # a small checkpoint where the benchmark writes a full-size one
     args = ["--checkpoint-dir", str(checkpoint), "--rows", "1", "3", "--rounds", "1", "--steps", "2"]
     assert lm_step.main([*args, "--cached", "4", "--threads", "1"]) == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
@@ -208,7 +208,7 @@ def test_a_random_checkpoint_goes_only_into_a_new_empty_or_own_directory(small_w
     assert "random weights" in lm_speed.describe_checkpoint(new)
     lm_speed.ensure_checkpoint(new)
     assert small_writer == [new]  # written once
-    (new / lm_speed.DONE_MARKER).write_text(lm_speed.WRITING)  # a write of ours that was interrupted
+    (new / RANDOM_MARKER).write_text(WRITING)  # a write of ours that was interrupted
     lm_speed.ensure_checkpoint(new)
     assert small_writer == [new, new]
     empty = tmp_path / "empty"
@@ -266,7 +266,7 @@ def test_numbers_are_checked_before_anything_is_loaded(
 ):
     checkpoint = tmp_path / "lm"  # a small one of ours (max_seq_len 1024)
     shutil.copytree(lm_small_checkpoint, checkpoint)
-    (checkpoint / lm_speed.DONE_MARKER).touch()
+    (checkpoint / RANDOM_MARKER).touch()
     where = [] if tool is codec_speed else ["--checkpoint-dir", str(checkpoint)]
     with pytest.raises(SystemExit) as exit_info:
         tool.main([*where, *args])
@@ -284,7 +284,7 @@ def test_an_unknown_device_is_one_line_before_anything_is_loaded(nothing_loaded,
 def test_the_tools_run_from_the_command_line_report_errors_in_one_line(lm_small_checkpoint, tmp_path):
     ours = tmp_path / "ours"  # a checkpoint of ours, as the old tools took it: no checkpoint is written
     shutil.copytree(lm_small_checkpoint, ours)
-    (ours / lm_speed.DONE_MARKER).touch()
+    (ours / RANDOM_MARKER).touch()
     broken = tmp_path / "broken"
     shutil.copytree(ours, broken)
     (broken / "config.json").write_text("{")

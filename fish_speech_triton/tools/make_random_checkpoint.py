@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,26 @@ from fish_speech_triton.hub import CHECKPOINT_FILES, CODEC_FILE, missing_files
 from fish_speech_triton.tools.cli import run_cli
 
 CODEC_CONFIG_FILE = "codec.json"
+# In a folder of random weights written here: which checkpoint (e.g. "small 0"), or WRITING during a write.
+RANDOM_MARKER = ".complete"
+WRITING = "writing"
+
+
+def random_label(directory: Path) -> str | None:
+    """What random checkpoint was written into `directory` (WRITING: a write that may have stopped), or None
+    when it holds none of ours."""
+    marker = directory / RANDOM_MARKER
+    return marker.read_text() if marker.is_file() else None
+
+
+@contextmanager
+def writing_random(directory: Path, label: str) -> Iterator[None]:
+    """Mark `directory` as being written until the block ends: an interrupted write is rewritten next time,
+    never taken as done."""
+    marker = directory / RANDOM_MARKER
+    marker.write_text(WRITING)
+    yield
+    marker.write_text(label)
 
 
 @dataclass(frozen=True)
@@ -43,26 +64,25 @@ def write_random_checkpoint(output_dir: Path, size: str = "small", seed: int = 0
     output_dir.mkdir(parents=True, exist_ok=True)
     codec_path = output_dir / CODEC_FILE
     codec_config_path = output_dir / CODEC_CONFIG_FILE if size == "small" else None
-    done = output_dir / ".complete"
-    if done.exists() and done.read_text() == f"{size} {seed}":
+    label = random_label(output_dir)
+    if label == f"{size} {seed}":
         return RandomCheckpoint(output_dir, codec_path, codec_config_path)
-    if not done.exists():  # not written by this tool: refuse to write random weights over real ones
+    if label is None:  # not written by this tool: refuse to write random weights over real ones
         present = [name for name in CHECKPOINT_FILES if name not in missing_files(output_dir)]
         if present:
             raise InputError(
                 f"{output_dir} already holds {', '.join(present)}, not written by this tool: give another "
                 "--output-dir (random weights would replace them)"
             )
-    done.write_text("writing")  # ours, not done: an interrupted write is rewritten, never taken as done
-    lm_config = DualARConfig.small() if size == "small" else DualARConfig.full_size()
-    print(f"[checkpoint] writing a random {size} LM to {output_dir}", file=sys.stderr)
-    write_random_lm_checkpoint(output_dir, lm_config, seed=seed)
-    codec_config = small_codec_config() if size == "small" else load_codec_config("firefly_gan_vq")
-    if codec_config_path is not None:
-        codec_config_path.write_text(json.dumps(codec_config_to_dict(codec_config), indent=2))
-    print(f"[checkpoint] writing a random {size} codec to {codec_path}", file=sys.stderr)
-    write_random_codec_checkpoint(codec_path, codec_config, seed=seed)
-    done.write_text(f"{size} {seed}")
+    with writing_random(output_dir, f"{size} {seed}"):
+        lm_config = DualARConfig.small() if size == "small" else DualARConfig.full_size()
+        print(f"[checkpoint] writing a random {size} LM to {output_dir}", file=sys.stderr)
+        write_random_lm_checkpoint(output_dir, lm_config, seed=seed)
+        codec_config = small_codec_config() if size == "small" else load_codec_config("firefly_gan_vq")
+        if codec_config_path is not None:
+            codec_config_path.write_text(json.dumps(codec_config_to_dict(codec_config), indent=2))
+        print(f"[checkpoint] writing a random {size} codec to {codec_path}", file=sys.stderr)
+        write_random_codec_checkpoint(codec_path, codec_config, seed=seed)
     return RandomCheckpoint(output_dir, codec_path, codec_config_path)
 
 
