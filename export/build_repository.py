@@ -279,14 +279,14 @@ def _output_dir(opts: RepositoryOptions) -> Path:
 
 
 def _empty(folder: Path) -> None:
-    """Remove everything in a former build, so that nothing of it survives into the next one (a folder
-    holding anything else is refused, never deleted)."""
+    """Remove what a former build wrote, so that nothing of it survives into the next one (a folder holding
+    anything else is refused, never deleted; a volume's lost+found stays)."""
     if not folder.exists():
         return
     if not _ours(folder):
         raise FishSpeechError(f"{folder} holds files a build did not write: move it away first")
     for entry in folder.iterdir():
-        if entry.name == "lost+found":  # a volume's own (`_foreign`)
+        if entry.name not in BUILT_ENTRIES:  # lost+found, the only other entry `_ours` lets through
             continue
         if entry.is_dir():
             shutil.rmtree(entry)

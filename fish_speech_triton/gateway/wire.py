@@ -76,11 +76,10 @@ async def read_body(
         )
     state = request.app.state
     if limit is not None and limit < state.max_body_bytes:
-        body = await _limited_body(request, limit, state.body_timeout_s, f"the most {request.url.path} takes")
+        bound = f"the most {request.url.path} takes"
     else:
-        body = await _limited_body(
-            request, state.max_body_bytes, state.body_timeout_s, "the gateway's --max-body-mb"
-        )
+        limit, bound = state.max_body_bytes, "the gateway's --max-body-mb"
+    body = await _limited_body(request, limit, state.body_timeout_s, bound)
     return await asyncio.to_thread(_decoded, body, media), media  # tens of MB parse for a while
 
 
