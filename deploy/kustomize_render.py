@@ -151,10 +151,15 @@ def strategic_merge(base: Any, patch: Any, kind: str, path: tuple[str, ...] = ()
     return copy.deepcopy(patch)
 
 
+def volume_sources(volume: Resource) -> list[str]:
+    """A pod volume's source keys (emptyDir, persistentVolumeClaim, ...): the API wants exactly one."""
+    return sorted(set(volume) - {"name"})
+
+
 def _check_one_source(old: Resource, merged: Resource, kind: str) -> None:
-    sources = sorted(set(merged) - {"name"})
+    sources = volume_sources(merged)
     if len(sources) > 1:
-        stale = ", ".join(f"{key}: null" for key in sorted(set(old) - {"name"}))
+        stale = ", ".join(f"{key}: null" for key in volume_sources(old))
         raise RenderError(
             f"{kind} volume {merged['name']}: the patch leaves it with sources {sources}; kustomize "
             f"keeps both (no retainKeys), the API rejects that: add `{stale}` to the patch"

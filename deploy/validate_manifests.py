@@ -28,7 +28,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kustomize_render import RenderError, render  # noqa: E402
+from kustomize_render import RenderError, render, volume_sources  # noqa: E402
 
 OVERLAYS = Path(__file__).resolve().parent / "k8s" / "overlays"
 K8S_VERSIONS = ("1.30", latest_version())
@@ -129,7 +129,7 @@ def consistency_problems(objects: Sequence[dict[str, Any]]) -> list[str]:
             port = container.get(probe, {}).get("httpGet", {}).get("port")
             check(port is None or port in port_names, f"{probe} port {port} is not a container port")
     for volume in volumes.values():
-        sources = sorted(set(volume) - {"name"})
+        sources = volume_sources(volume)
         check(len(sources) == 1, f"volume {volume['name']}: {len(sources)} sources {sources}, not one")
         claim = volume.get("persistentVolumeClaim", {}).get("claimName")
         check(claim is None or claim in claims, f"volume {volume['name']}: no PersistentVolumeClaim {claim}")
